@@ -1,0 +1,374 @@
+"""Token-level conversations over a real Qwen2.5-VL: build turns, prefill, decode, stream.
+
+This is the only place that talks to the network weights. A :class:`Conversations` batch holds
+one row per sample: its tokens, the loss mask, the log-probs seen while sampling, the M-RoPE
+positions and the images fed so far, plus one shared KV cache. Rows of different lengths live
+in the cache with holes (attention mask 0), so any subset of rows can get a new user turn and
+keep decoding on top of what is cached — turn 2 reuses turn 1's cache — and the G samples of a
+GRPO group share one prefill of their common prompt.
+
+M-RoPE positions are computed here, token by token, the way ``get_rope_index`` computes them
+over a whole sequence (text: one position per token on all three axes; an image: its grid on
+the t/h/w axes starting at the running position, which then advances by max(h, w) of the
+merged grid). They are passed explicitly, so the model never falls back to 1-D positions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import torch
+from PIL import Image
+
+from .parsing import complete_fenced_box
+from .rows import Conversations, FedImage, Generated, Row, Sampling
+
+def unwrap(model):
+    """The ``Qwen2_5_VLForConditionalGeneration`` inside a peft wrapper (LoRA layers stay live)."""
+    inner = model
+    while hasattr(inner, "base_model") and inner.base_model is not inner and not hasattr(inner, "lm_head"):
+        inner = inner.base_model
+    while hasattr(inner, "model") and not hasattr(inner, "lm_head"):
+        inner = inner.model
+    if not hasattr(inner, "lm_head"):
+        raise TypeError(f"{type(model).__name__} is not a Qwen2.5-VL causal model")
+    return inner
+
+
+def _new_cache(config):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:
+        return DynamicCache()
+
+
+class QwenBackend:
+    """Conversations with a Qwen2.5-VL model and its processor."""
+
+    def __init__(self, model, processor, kv_reuse: bool = True):
+        self.model = model
+        self.core = unwrap(model)
+        self.processor = processor
+        self.tok = processor.tokenizer
+        self.kv_reuse = kv_reuse
+        cfg = self.core.config
+        self.image_token_id = cfg.image_token_id
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        self.im_end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
+        eos = {self.im_end_id, self.tok.convert_tokens_to_ids("<|endoftext|>")}
+        if self.tok.eos_token_id is not None:
+            eos.add(self.tok.eos_token_id)
+        self.eos_ids = sorted(i for i in eos if i is not None and i >= 0)
+        lm_forward = self.core.model.language_model.forward
+        self._cache_kw = "cache" if "cache" in inspect.signature(lm_forward).parameters else "past_key_values"
+        self._suppress: torch.Tensor | None = None
+        self._system_cache: dict[str, str] = {}
+
+    # ----- text and images -> tokens -------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.core.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.core.lm_head.weight.dtype
+
+    def suppressed_ids(self) -> torch.Tensor:
+        """(V,) bool: tokens never sampled — every special token but end-of-turn, and the
+        padding rows of the embedding table. A sampled ``<|image_pad|>`` would corrupt turn 2."""
+        if self._suppress is None:
+            vocab = self.core.lm_head.weight.shape[0]
+            mask = torch.zeros(vocab, dtype=torch.bool)
+            mask[len(self.tok):] = True
+            special = set(self.tok.all_special_ids)
+            for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+                tid = getattr(self.core.config, name, None)
+                if tid is not None:
+                    special.add(tid)
+            for tok in ("<|vision_pad|>", "<|im_start|>"):
+                tid = self.tok.convert_tokens_to_ids(tok)
+                if isinstance(tid, int) and tid >= 0 and tid != self.tok.unk_token_id:
+                    special.add(tid)
+            for tid in special - set(self.eos_ids):
+                if 0 <= tid < vocab:
+                    mask[tid] = True
+            self._suppress = mask.to(self.device)
+        return self._suppress
+
+    def _template(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    def render_start(self, messages: list[dict]) -> str:
+        """The chat-template text of the first messages, ending with the assistant prompt."""
+        return self._template(messages, True)
+
+    def render_user(self, message: dict) -> str:
+        """The chat-template text one more user turn adds (after the previous ``<|im_end|>``)."""
+        key = "system"
+        system = {"role": "system", "content": [{"type": "text", "text": key}]}
+        before = self._template([system], False)
+        after = self._template([system, message], True)
+        if not after.startswith(before):
+            raise RuntimeError("the chat template does not render turns incrementally")
+        return after[len(before):]
+
+    def feed_image(self, image: Image.Image) -> FedImage:
+        """Pixel values for an image already resized to its model frame (no further resize)."""
+        w, h = image.size
+        if w % 28 or h % 28:
+            raise ValueError(f"image must be resized to its model frame first (got {w}×{h})")
+        out = self.processor.image_processor(
+            images=[image], size={"shortest_edge": w * h, "longest_edge": w * h}, return_tensors="pt"
+        )
+        grid = tuple(int(v) for v in out["image_grid_thw"][0].tolist())
+        if grid[1] * 14 != h or grid[2] * 14 != w:
+            raise RuntimeError(f"the image processor resized a {w}×{h} image to grid {grid}")
+        return FedImage(image, out["pixel_values"], grid)  # type: ignore[arg-type]
+
+    def _add(self, row: Row, text: str, images: list[FedImage], policy: int = 0) -> None:
+        """Append chat text whose ``<|image_pad|>`` placeholders take ``images`` in order."""
+        pieces = text.split("<|image_pad|>")
+        if len(pieces) - 1 != len(images):
+            raise ValueError(f"{len(pieces) - 1} image placeholders for {len(images)} images")
+        for i, piece in enumerate(pieces):
+            if piece:
+                row.add_tokens(self.tok(piece, add_special_tokens=False)["input_ids"], policy)
+            if i < len(images):
+                row.add_image(images[i], self.image_token_id)
+
+    @staticmethod
+    def _content(message: dict) -> list[Image.Image]:
+        return [c["image"] for c in message["content"] if c.get("type") == "image"]
+
+    def start(self, prompts: list[list[dict]], group_size: int = 1) -> Conversations:
+        """New conversations, one per prompt (a list of chat messages with PIL images in
+        ``{"type": "image", "image": img}`` items), each to be sampled ``group_size`` times."""
+        rows = []
+        for messages in prompts:
+            row = Row()
+            images = [self.feed_image(img) for m in messages for img in self._content(m)]
+            self._add(row, self.render_start(messages), images)
+            rows.append(row)
+        return Conversations(rows, repeat=group_size)
+
+    def append(self, convs: Conversations, index: int, message: dict) -> None:
+        """Queue a user turn (environment tokens, mask 0) on row ``index``."""
+        row = convs.rows[index]
+        close = "\n" if row.ended_eos else "<|im_end|>\n"
+        images = [self.feed_image(img) for img in self._content(message)]
+        self._add(row, close + self.render_user(message), images)
+        row.ended_eos = False
+
+    # ----- the forward -----------------------------------------------------------------------
+
+    def _image_features(self, fed: list[FedImage]) -> torch.Tensor:
+        pixel_values = torch.cat([f.pixel_values for f in fed]).to(self.device, self.dtype)
+        grid = torch.tensor([f.grid_thw for f in fed], device=self.device)
+        out = self.core.model.get_image_features(pixel_values, grid)
+        feats = getattr(out, "pooler_output", out)
+        if isinstance(feats, (list, tuple)):
+            feats = torch.cat(list(feats))
+        return feats
+
+    def _forward(self, convs: Conversations, chunks: dict[int, int]) -> torch.Tensor:
+        """Feed rows' uncached tokens (``chunks``: row → count) and return the last logits (B, V).
+
+        Chunks are right-aligned: each row's last new token sits in the last column, shorter
+        chunks get holes before them, rows not in ``chunks`` get a column of holes.
+        """
+        rows = convs.rows
+        B = len(rows)
+        T = max(chunks.values())
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((3, B, T), dtype=torch.long)
+        new_attn = torch.zeros((B, T), dtype=torch.long)
+        fed: list[FedImage] = []
+        for b, row in enumerate(rows):
+            n = chunks.get(b, 0)
+            if not n:
+                continue
+            lo = row.cached
+            ids[b, T - n:] = torch.tensor(row.tokens[lo:lo + n])
+            pos[:, b, T - n:] = torch.tensor(row.positions[lo:lo + n]).T
+            new_attn[b, T - n:] = 1
+            n_img = sum(1 for t in row.tokens[lo:lo + n] if t == self.image_token_id)
+            while n_img > 0:
+                img = row.images[row.images_cached]
+                fed.append(img)
+                row.images_cached += 1
+                n_img -= img.tokens
+            if n_img != 0:
+                raise RuntimeError("a chunk splits an image's tokens")
+            row.cached += n
+        ids, pos, new_attn = ids.to(self.device), pos.to(self.device), new_attn.to(self.device)
+        embeds = self.core.model.get_input_embeddings()(ids)
+        if fed:
+            feats = self._image_features(fed).to(embeds.dtype)
+            mask = (ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
+            embeds = embeds.masked_scatter(mask, feats)
+        attn = new_attn if convs.attn is None else torch.cat([convs.attn, new_attn], dim=1)
+        if convs.cache is None:
+            convs.cache = _new_cache(self.core.config.text_config)
+        out = self.core.model.language_model(
+            inputs_embeds=embeds,
+            attention_mask=attn,
+            position_ids=pos,
+            use_cache=True,
+            **{self._cache_kw: convs.cache},
+        )
+        convs.attn = attn
+        hidden = out.last_hidden_state[:, -1]            # (B, H) last column only
+        return self.core.lm_head(hidden).float()         # (B, V)
+
+    def _expand(self, convs: Conversations, logits: torch.Tensor) -> torch.Tensor:
+        """Turn each shared prompt into its group of ``repeat`` rows (cache included)."""
+        g = convs.repeat
+        convs.rows = [r.copy() if k else r for r in convs.rows for k in range(g)]
+        convs.cache.batch_repeat_interleave(g)
+        convs.attn = convs.attn.repeat_interleave(g, dim=0)
+        convs.repeat = 1
+        return logits.repeat_interleave(g, dim=0)
+
+    def reset_cache(self, convs: Conversations) -> None:
+        """Forget the KV cache: the next prefill re-encodes every row from its first token."""
+        convs.cache, convs.attn = None, None
+        for row in convs.rows:
+            row.cached = 0
+            row.images_cached = 0
+
+    # ----- decoding --------------------------------------------------------------------------
+
+    def _pick(self, logits: torch.Tensor, s: Sampling, gen: torch.Generator | None):
+        """Sample (or argmax) the next tokens; returns ids and their log-probs (B,)."""
+        scaled = logits / s.temperature if s.temperature > 0 else logits
+        logp = torch.log_softmax(scaled, dim=-1)        # the policy's distribution (trainer recomputes it)
+        masked = scaled.masked_fill(self.suppressed_ids(), float("-inf"))
+        if s.temperature <= 0:
+            ids = masked.argmax(dim=-1)
+        else:
+            if s.top_k and s.top_k > 0:
+                kth = torch.topk(masked, min(s.top_k, masked.shape[-1]), dim=-1).values[:, -1:]
+                masked = masked.masked_fill(masked < kth, float("-inf"))
+            probs = torch.softmax(masked, dim=-1)
+            if s.top_p < 1.0:
+                sorted_p, order = probs.sort(dim=-1, descending=True)
+                drop = sorted_p.cumsum(-1) - sorted_p > s.top_p
+                sorted_p = sorted_p.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            ids = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        return ids, logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+    def generate(self, convs: Conversations, rows: list[int], sampling: Sampling, stop_on_box: set[int] = frozenset()):
+        """Prefill what is queued and generate one assistant turn for ``rows``; rows in
+        ``stop_on_box`` stop right after a fenced JSON block with a usable box (turn 1).
+
+        A generator: yields ``(row, text_delta)`` while decoding and returns ``{row: Generated}``.
+        Closing it stops decoding at once.
+        """
+        with torch.inference_mode():
+            return (yield from self._generate(convs, rows, sampling, stop_on_box))
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _generate(self, convs, rows, sampling, stop_on_box):
+        if convs.generator is None and sampling.seed is not None:
+            convs.generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        gen = convs.generator
+        if not self.kv_reuse and convs.cache is not None:
+            self.reset_cache(convs)
+        t0 = time.perf_counter()
+        base = rows if convs.repeat == 1 else sorted({r // convs.repeat for r in rows})
+        chunks = {b: len(convs.rows[b].tokens) - convs.rows[b].cached for b in base}
+        prefill_tokens = dict(chunks)
+        logits = self._forward(convs, chunks)
+        if convs.repeat > 1:
+            g = convs.repeat
+            logits = self._expand(convs, logits)
+            prefill_tokens = {r: prefill_tokens[r // g] for r in rows}
+        self._sync()
+        prefill_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+
+        active = list(rows)
+        states = {r: _Detok() for r in rows}
+        out: dict[int, Generated] = {}
+        row_index = torch.tensor(active, device=self.device)
+        while active:
+            ids, lps = self._pick(logits[row_index], sampling, gen)
+            ids_l, lps_l = ids.tolist(), lps.tolist()
+            still = []
+            for r, tid, lp in zip(active, ids_l, lps_l):
+                row, st = convs.rows[r], states[r]
+                row.add_tokens([tid], policy=1, logprobs=[lp])
+                st.ids.append(tid)
+                st.lps.append(lp)
+                stop = None
+                if tid in self.eos_ids:
+                    stop = "eos"
+                else:
+                    delta = st.step(self.tok)
+                    if delta:
+                        yield r, delta
+                        if r in stop_on_box and "`" in delta and complete_fenced_box(st.text) is not None:
+                            stop = "box"
+                if stop is None and len(st.ids) >= sampling.max_new_tokens:
+                    stop = "length"
+                if stop is None:
+                    still.append(r)
+                    continue
+                rest = st.flush(self.tok)
+                if rest:
+                    yield r, rest
+                row.ended_eos = stop == "eos"
+                self._sync()
+                out[r] = Generated(
+                    text=st.text, token_ids=st.ids, logprobs=st.lps, stop=stop,
+                    prefill_tokens=prefill_tokens[r], prefill_seconds=prefill_s,
+                    decode_seconds=time.perf_counter() - t1,
+                )
+            active = still
+            if not active:
+                break
+            row_index = torch.tensor(active, device=self.device)
+            logits = self._forward(convs, {r: 1 for r in active})
+        return out
+
+
+class _Detok:
+    """Incremental detokenisation of one row's turn: deltas that add up to the turn's text."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.lps: list[float] = []
+        self.text = ""
+        self.prefix = 0   # tokens before the window
+        self.read = 0     # tokens already turned into text
+
+    def _decode(self, tok, ids):
+        return tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def step(self, tok) -> str:
+        prefix_text = self._decode(tok, self.ids[self.prefix:self.read])
+        new_text = self._decode(tok, self.ids[self.prefix:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            delta = new_text[len(prefix_text):]
+            self.prefix, self.read = self.read, len(self.ids)
+            self.text += delta
+            return delta
+        return ""
+
+    def flush(self, tok) -> str:
+        prefix_text = self._decode(tok, self.ids[self.prefix:self.read])
+        new_text = self._decode(tok, self.ids[self.prefix:])
+        delta = new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+        self.prefix = self.read = len(self.ids)
+        self.text += delta
+        return delta

@@ -1,0 +1,179 @@
+"""Build a tiny random-weight Qwen2.5-VL (model + processor + chat template) for offline use.
+
+    python -m mgpo.tiny OUT_DIR [--seed 0] [--layers 2] [--hidden 64]
+
+The result is a real ``Qwen2_5_VLForConditionalGeneration`` checkpoint with a byte-level
+``Qwen2Tokenizer`` (the 256 GPT-2 byte symbols plus Qwen's special tokens), Qwen2.5-VL's chat
+template and a ``Qwen2VLImageProcessor``. It loads through :func:`mgpo.model.load_model` exactly
+like ``Qwen/Qwen2.5-VL-7B-Instruct``; tests, CI and offline tries of the demo use it. It answers
+with noise: it exists to exercise every real code path, not to be right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# Qwen2.5-VL's chat template, as shipped with the released checkpoints.
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen2.5-VL's special tokens, in the order of the released vocabulary.
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+]
+
+MIN_PIXELS = 256 * 28 * 28    # 200,704: the paper's min_pixels
+MAX_PIXELS = 1280 * 28 * 28   # 1,003,520: the paper's max_pixels
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins GPT-2's byte-level BPE uses for raw bytes, in byte order."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, cs))
+    return [chr(table[b]) for b in range(256)]
+
+
+def build_tokenizer():
+    from transformers import Qwen2Tokenizer
+
+    vocab = {sym: i for i, sym in enumerate(_byte_symbols())}
+    for tok in SPECIAL_TOKENS:
+        vocab[tok] = len(vocab)
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build(
+    out_dir: str | Path,
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 64,
+    vision_hidden: int = 32,
+    vision_depth: int = 2,
+    min_pixels: int = MIN_PIXELS,
+    max_pixels: int = MAX_PIXELS,
+) -> Path:
+    """Write a tiny Qwen2.5-VL checkpoint to ``out_dir`` and return the path."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab_size = len(tok)
+    vocab_size += (-vocab_size) % 16  # round up, as real checkpoints pad their embedding tables
+
+    heads = 4
+    head_dim = hidden // heads
+    half = head_dim // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]  # sums to head_dim / 2, like [16, 24, 24]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_heads=2,
+            out_hidden_size=hidden,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[vision_depth - 1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(out)
+
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    (out / "README.md").write_text(
+        "# tiny random Qwen2.5-VL\n\nBuilt by `python -m mgpo.tiny` "
+        f"(seed {seed}, {layers} text layers, hidden {hidden}). Random weights: for tests and offline "
+        "tries of the tooling only; its answers are noise.\n"
+    )
+    (out / "mgpo_tiny.json").write_text(json.dumps({"seed": seed, "layers": layers, "hidden": hidden}) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mgpo.tiny", description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=64)
+    args = p.parse_args(argv)
+    path = build(args.out_dir, seed=args.seed, layers=args.layers, hidden=args.hidden)
+    print(f"wrote a tiny random Qwen2.5-VL to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

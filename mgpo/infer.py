@@ -81,8 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the question is empty", file=err)
         return 2
 
+    from transformers.utils import logging as hf_logging
+
     from .engine import Engine
     from .model import ModelLoadError
+
+    hf_logging.disable_progress_bar()
 
     config = EngineConfig(
         max_turns=args.max_turns, min_pixels=args.min_pixels, max_pixels=args.max_pixels, box_rule=args.box_rule,

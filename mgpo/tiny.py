@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
     args = p.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     path = build(args.out_dir, seed=args.seed, layers=args.layers, hidden=args.hidden)
     print(f"wrote a tiny random Qwen2.5-VL to {path}")
     return 0

@@ -57,7 +57,7 @@ def _from_pretrained(loader, name: str, **kwargs):
     try:
         return loader(name, local_files_only=True, **kwargs)
     except (OSError, ValueError):
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        if _offline():
             raise
     return loader(name, **kwargs)
 
@@ -111,20 +111,39 @@ def load_model(
     return Loaded(net, processor, model, adapter, device, torch_dtype)
 
 
-def load_adapter(model, adapter: str, adapter_name: str = "default"):
-    """Wrap ``model`` with a LoRA adapter from a Hub id or a directory (peft)."""
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    return flag or bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def resolve_adapter(adapter: str, revision: str | None = None) -> str:
+    """A local directory holding the adapter: the path itself, else a snapshot of the Hub repo
+    (from the HF cache first, downloaded only when missing and not offline)."""
+    if Path(adapter).is_dir():
+        return adapter
+    from huggingface_hub import snapshot_download
+
+    patterns = ["adapter_config.json", "adapter_model.*"]
+    try:
+        return snapshot_download(adapter, revision=revision, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        if _offline():
+            raise
+    return snapshot_download(adapter, revision=revision, allow_patterns=patterns)
+
+
+def load_adapter(model, adapter: str, adapter_name: str = "default", revision: str | None = None):
+    """Wrap ``model`` with a LoRA adapter from a Hub id or a directory (peft). The adapter is
+    resolved to local files before peft touches the model, so a failure leaves it unchanged."""
     from peft import PeftModel
 
     try:
-        if Path(adapter).is_dir():
-            wrapped = PeftModel.from_pretrained(model, adapter, adapter_name=adapter_name)
-        else:
-            try:
-                wrapped = PeftModel.from_pretrained(model, adapter, adapter_name=adapter_name, local_files_only=True)
-            except Exception:
-                if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-                    raise
-                wrapped = PeftModel.from_pretrained(model, adapter, adapter_name=adapter_name)
+        local = resolve_adapter(adapter, revision)
+        if not (Path(local) / "adapter_config.json").is_file():
+            raise FileNotFoundError("no adapter_config.json")
+        wrapped = PeftModel.from_pretrained(model, local, adapter_name=adapter_name)
     except Exception as e:
         raise ModelLoadError(
             f"Could not load the LoRA adapter '{adapter}': it is not a local directory with "

@@ -30,12 +30,10 @@ class ScriptedBackend:
         self.chunk = chunk
         self.delay = delay
         self.messages: list[tuple[int, dict]] = []   # (sample, user message) in arrival order
-        self._turn: dict[int, int] = {}
-        self._last: dict[int, dict] = {}
 
-    def _reply(self, sample: int, turn: int) -> str:
+    def _reply(self, sample: int, turn: int, message: dict) -> str:
         if callable(self.replies):
-            return self.replies(sample, turn, self._last[sample])
+            return self.replies(sample, turn, message)
         return self.replies[min(turn, len(self.replies)) - 1]
 
     def _add(self, row: Row, text: str, message: dict | None) -> None:
@@ -49,20 +47,24 @@ class ScriptedBackend:
                     row.add_tokens(list(c["text"].encode()))
 
     def start(self, prompts: list[list[dict]], group_size: int = 1) -> Conversations:
-        rows = []
+        """New conversations; per-call state (turn numbers, last messages) lives on them, so
+        concurrent calls on one backend do not mix."""
+        rows, last = [], {}
         for i, messages in enumerate(prompts):
             row = Row()
             for m in messages:
                 self._add(row, f"<{m['role']}>", m)
             for g in range(group_size):
                 r = i * group_size + g
-                self._last[r] = messages[-1]
+                last[r] = messages[-1]
                 self.messages.append((r, messages[-1]))
                 rows.append(row.copy())
-        return Conversations(rows)
+        convs = Conversations(rows)
+        convs.script_turn, convs.script_last = {}, last
+        return convs
 
     def append(self, convs: Conversations, index: int, message: dict) -> None:
-        self._last[index] = message
+        convs.script_last[index] = message
         self.messages.append((index, message))
         self._add(convs.rows[index], "<user>", message)
 
@@ -72,8 +74,8 @@ class ScriptedBackend:
     def generate(self, convs: Conversations, rows: list[int], sampling: Sampling, stop_on_box=frozenset()):
         out = {}
         for r in rows:
-            turn = self._turn[r] = self._turn.get(r, 0) + 1
-            text, t0 = self._reply(r, turn), time.perf_counter()
+            turn = convs.script_turn[r] = convs.script_turn.get(r, 0) + 1
+            text, t0 = self._reply(r, turn, convs.script_last[r]), time.perf_counter()
             data = text.encode()[: sampling.max_new_tokens]
             stop = "eos" if len(data) == len(text.encode()) else "length"
             text = data.decode(errors="ignore")

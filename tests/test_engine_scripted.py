@@ -207,3 +207,11 @@ def test_batched_rollouts_with_groups():
         assert len(r.images) == 2
         assert (r.crop_area is not None) == r.valid_box
         assert sum(r.loss_mask) == len(r.texts[0].encode()) + len(r.texts[1].encode()) + 2 - (r.valid_box)
+
+
+def test_one_scripted_backend_serves_many_calls():
+    engine = Engine(ScriptedBackend([BOX_TEXT % (10, 10, 300, 300), "\\boxed{B}"]))
+    for _ in range(3):
+        events = list(engine.run(IMG, "q", ["a", "b"]))
+        assert [e.kind for e in events if e.type == "turn_started"] == ["grounding", "crop"]
+        assert events[-1].letter == "B"

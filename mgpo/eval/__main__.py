@@ -1,0 +1,94 @@
+"""Command line: ``python -m mgpo.eval --benchmark {vstar,hrbench,mme-realworld,jsonl} --data PATH
+--model M [--adapter A] [--mode direct|mgpo] [--max-turns N] [--limit K] [--batch-size B] --out DIR``.
+
+Writes ``DIR/items.jsonl`` (one row per item, as it goes), ``DIR/results.json`` (protocol +
+scores) and ``DIR/results.md``. Rerunning the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from .. import geometry
+from ..engine import DEFAULT_MODEL
+from .datasets import BENCHMARKS, DataError, open_benchmark
+from .runner import EvalConfig, EvalError, check_resume, evaluate, make_protocol
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EvalConfig()
+    p = argparse.ArgumentParser(prog="python -m mgpo.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--data", required=True, help="the benchmark's folder or file (see README)")
+    p.add_argument("--out", required=True, help="results folder; an existing one is resumed")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local directory (default: %(default)s)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter: Hub id or directory")
+    p.add_argument("--mode", default=d.mode, choices=("mgpo", "direct"),
+                   help="mgpo = multi-turn grounding; direct = the single-turn baseline prompt")
+    p.add_argument("--max-turns", type=int, default=d.max_turns, help="mgpo turns (2 = paper, 3 = its Table 6)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first K items only")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--min-pixels", type=int, default=geometry.MIN_PIXELS)
+    p.add_argument("--max-pixels", type=int, default=geometry.MAX_PIXELS)
+    p.add_argument("--box-rule", default=d.box_rule, choices=geometry.BOX_RULES)
+    p.add_argument("--prompts", default=d.prompts, help="prompt set name (default: the paper's)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="per turn")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-crop-only", dest="crop_only", action="store_false",
+                   help="mgpo mode: skip re-asking on the crop alone (crop-only accuracy)")
+    p.add_argument("--strict", action="store_true", help="read answers from \\boxed{} only (no fallback)")
+    p.add_argument("--image-root", default=None, help="folder that relative image paths start from")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--overwrite", action="store_true", help="discard earlier results in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = {f.name for f in fields(EvalConfig)}
+    cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in names})
+    try:
+        cfg.check()
+        bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root)
+        out = Path(cfg.out).expanduser()
+        if not args.overwrite and out.is_dir():   # refuse a mismatched resume before loading weights
+            name = cfg.model + (f" + {cfg.adapter}" if cfg.adapter else "")
+            check_resume(out, make_protocol(name, bench, cfg), write=False)
+        from ..engine import Engine, EngineConfig
+        from ..model import ModelLoadError
+
+        engine_cfg = EngineConfig(prompts=cfg.prompts, max_turns=cfg.max_turns, min_pixels=cfg.min_pixels,
+                                  max_pixels=cfg.max_pixels, box_rule=cfg.box_rule,
+                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                  top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)
+        try:
+            engine = Engine.from_pretrained(cfg.model, cfg.adapter, config=engine_cfg, device=args.device,
+                                            dtype=args.dtype)
+        except ModelLoadError as e:
+            raise EvalError(str(e)) from None
+        results = evaluate(engine, bench, cfg, progress=not args.no_progress, overwrite=args.overwrite)
+    except (DataError, EvalError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished items are in {cfg.out}/items.jsonl — rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    s = results["scores"]
+    print(f"{results['protocol']['benchmark']} {cfg.mode}: {100 * s['overall']:.1f}% "
+          f"over {s['n']} items → {cfg.out}/results.json, {cfg.out}/results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Scoring as each benchmark defines it. Pure: rows in (the per-item JSONL records), numbers out.
+
+Answer extraction (:func:`extract_letter`), in this order — the first that yields a letter
+within the question's choices wins, and the row records which one (``letter_source``):
+
+1. ``boxed``: the content of the **last** ``\\boxed{...}`` read as a letter (``C``, ``(C)``,
+   ``C. red``, ``\\text{C}``) — the paper's reward rule, the same reading as the engine's.
+2. ``boxed_text``: that content equals one choice's text (case-insensitive) → its letter.
+3. ``phrase`` (fallback): no usable ``\\boxed{}``; the last "answer is (C)" / "answer: C" /
+   "option C" phrase in the text.
+4. ``bare`` (fallback): the whole reply is one letter (``C``, ``(C)``, ``C.``) or a letter
+   followed by exactly that choice's text (``(C) red``).
+
+``strict=True`` keeps steps 1–2 only (the RL reward's view). Everything else is wrong, as is
+an item whose image could not be read. No judge model is used.
+
+Benchmark scores:
+
+- V\\*: accuracy overall and per category (direct_attributes, relative_position).
+- HR-Bench: accuracy per option-rotation cycle (``cycle_category``), then the mean over cycles;
+  the same within FSP (category ``single``) and FCP (``cross``) — lmms-eval's aggregation.
+- MME-RealWorld: accuracy overall, per Task, per Task/Subtask and per Task/Subtask/Category with
+  the official script's category key (lower-cased; ``…/attribute…`` folded to ``…/attribute``).
+- JSONL: accuracy overall and per ``category`` when the rows have one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from statistics import mean
+
+from ..parsing import answer_letter, extract_boxed
+from ..prompts import LETTERS
+
+_BARE = re.compile(r"^\s*\(?([A-Z])\)?\s*[.:]?\s*$")
+_LETTER_TEXT = re.compile(r"^\s*\(?([A-Z])[).:]\s*(.+?)\s*\.?\s*$", re.DOTALL)
+_PHRASE = re.compile(
+    r"(?i:answer|option|choice)\s*(?:(?i:is)\s*)?[:：]?\s*\(?([A-Z])\)?(?![A-Za-z0-9])"
+)
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"\s+", " ", s.strip().rstrip(".").strip()).lower()
+
+
+def extract_letter(text: str | None, choices: list[str], strict: bool = False) -> tuple[str | None, str | None]:
+    """``(letter, source)`` read from a model reply; ``(None, None)`` when nothing is readable."""
+    if not isinstance(text, str) or not choices:
+        return None, None
+    n = len(choices)
+    boxed = extract_boxed(text)
+    if boxed is not None:
+        letter = answer_letter(boxed, n)
+        if letter is not None:
+            return letter, "boxed"
+        inner = re.fullmatch(r"\\text(?:bf|rm)?\{(.*)\}", boxed.strip(), re.DOTALL)
+        content = _norm(inner.group(1) if inner else boxed)
+        hits = [i for i, c in enumerate(choices) if _norm(c) == content]
+        if len(hits) == 1:
+            return LETTERS[hits[0]], "boxed_text"
+    if strict:
+        return None, None
+    phrases = [m.group(1) for m in _PHRASE.finditer(text) if LETTERS.index(m.group(1)) < n]
+    if phrases:
+        return phrases[-1], "phrase"
+    m = _BARE.match(text)
+    if m and LETTERS.index(m.group(1)) < n:
+        return m.group(1), "bare"
+    m = _LETTER_TEXT.match(text)
+    if m and LETTERS.index(m.group(1)) < n and _norm(m.group(2)) == _norm(choices[LETTERS.index(m.group(1))]):
+        return m.group(1), "bare"
+    return None, None
+
+
+# ----- generic accuracy -------------------------------------------------------------------------
+
+def accuracy(rows: list[dict]) -> float | None:
+    """Fraction of rows marked correct (None for no rows)."""
+    return sum(bool(r["correct"]) for r in rows) / len(rows) if rows else None
+
+
+def table(rows: Iterable[dict], key: Callable[[dict], str | None]) -> dict[str, dict]:
+    """``{group: {"n", "correct", "accuracy"}}`` over the groups ``key`` assigns (None = skipped)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        k = key(r)
+        if k is not None:
+            groups.setdefault(str(k), []).append(r)
+    return {k: {"n": len(g), "correct": sum(bool(r["correct"]) for r in g), "accuracy": accuracy(g)}
+            for k, g in sorted(groups.items())}
+
+
+def cycle_accuracy(rows: list[dict]) -> tuple[float | None, dict[str, float]]:
+    """HR-Bench: accuracy within each ``cycle_category``, and the mean of those accuracies."""
+    cycles = {k: v["accuracy"] for k, v in table(rows, lambda r: r["meta"].get("cycle_category")).items()}
+    return (mean(cycles.values()) if cycles else None), cycles
+
+
+def mme_category(meta: dict) -> str:
+    """The official MME-RealWorld category key: ``Task/Subtask/category`` (lower-cased, attributes folded)."""
+    category = str(meta.get("category", "")).lower()
+    if "attribute" in category:
+        category = category.split("/")[0] + "/attribute"
+    return f"{meta.get('task', '')}/{meta.get('subtask', '')}/{category}"
+
+
+def benchmark_scores(benchmark: str, rows: list[dict]) -> dict:
+    """Headline accuracy (``overall``) and the benchmark's own breakdowns."""
+    out: dict = {"n": len(rows), "correct": sum(bool(r["correct"]) for r in rows), "accuracy": accuracy(rows)}
+    out["overall"] = out["accuracy"]
+    tables: dict[str, dict] = {}
+    if benchmark == "hrbench":
+        out["overall"], out["cycles"] = cycle_accuracy(rows)
+        for split in ("FSP", "FCP"):
+            part = [r for r in rows if r["meta"].get("split") == split]
+            out[split] = cycle_accuracy(part)[0]
+        tables["split"] = table(rows, lambda r: r["meta"].get("split"))
+        tables["cycle"] = table(rows, lambda r: r["meta"].get("cycle_category"))
+    elif benchmark == "mme-realworld":
+        tables["task"] = table(rows, lambda r: r["meta"].get("task"))
+        tables["subtask"] = table(rows, lambda r: f"{r['meta'].get('task')}/{r['meta'].get('subtask')}")
+        tables["category"] = table(rows, lambda r: mme_category(r["meta"]))
+    else:
+        tables["category"] = table(rows, lambda r: r["meta"].get("category"))
+    out["tables"] = {k: v for k, v in tables.items() if v}
+    return out
+
+
+# ----- answers, boxes, crops, cost --------------------------------------------------------------
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return mean(values) if values else None
+
+
+def answer_sources(rows: list[dict]) -> dict[str, int]:
+    """How each prediction was read (see the module docstring); ``none`` = no letter found."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.get("error"):
+            key = "error"
+        else:
+            key = r.get("letter_source") or "none"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def crop_only_scores(rows: list[dict]) -> dict | None:
+    """Paper Table 5: the question re-asked on the first valid crop alone (direct prompt).
+
+    ``accuracy`` is over the items that had a valid crop; ``accuracy_all`` counts the items
+    without one as wrong (its denominator is every item).
+    """
+    asked = [r for r in rows if r.get("crop_only") is not None]
+    if not asked:
+        return None
+    correct = sum(bool(r["crop_only"]["correct"]) for r in asked)
+    return {"n": len(asked), "correct": correct, "accuracy": correct / len(asked),
+            "accuracy_all": correct / len(rows)}
+
+
+def behaviour(rows: list[dict]) -> dict:
+    """Valid-box ratio (turn-1 box, or the direct reply's box), turns, tokens — deterministic."""
+    ok = [r for r in rows if not r.get("error")]
+    return {
+        "valid_box_ratio": _mean([float(bool(r.get("valid_box"))) for r in ok]),
+        "mean_turns": _mean([r.get("turns") for r in ok]),
+        "mean_visual_tokens": _mean([r.get("visual_tokens") for r in ok]),
+        "mean_native_visual_tokens": _mean([r.get("native_visual_tokens") for r in ok]),
+        "mean_new_tokens": _mean([r.get("new_tokens") for r in ok]),
+        "mean_crop_area": _mean([r.get("crop_area") for r in ok]),
+    }
+
+
+def latency(rows: list[dict]) -> dict:
+    """Wall-clock seconds per item: the conversation inside its batch, and the batch's share."""
+    ok = [r for r in rows if not r.get("error")]
+    return {"mean_seconds": _mean([r.get("seconds") for r in ok]),
+            "mean_batch_seconds_per_item": _mean([r.get("batch_seconds_per_item") for r in ok])}
+
+
+def score(benchmark: str, rows: list[dict]) -> dict:
+    """Everything ``results.json`` reports except the protocol; ``latency`` is the only part
+    that changes between identical runs."""
+    return {
+        "scores": benchmark_scores(benchmark, rows),
+        "answers": answer_sources(rows),
+        "errors": sum(1 for r in rows if r.get("error")),
+        "behaviour": behaviour(rows),
+        "crop_only": crop_only_scores(rows),
+        "latency": latency(rows),
+    }

@@ -30,7 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import geometry
-from .events import BoxPredicted, CropReady, Event, FinalAnswer, TextDelta, TurnFinished, TurnStarted
+from .events import BoxPredicted, CropReady, FinalAnswer, TextDelta, TurnFinished, TurnStarted
 from .rows import FedImage, Sampling
 from .images import MAX_IMAGE_PIXELS, load_image
 from .parsing import answer_letter, extract_boxed, parse_bbox

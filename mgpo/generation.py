@@ -26,13 +26,9 @@ from .rows import Conversations, FedImage, Generated, Row, Sampling
 
 def unwrap(model):
     """The ``Qwen2_5_VLForConditionalGeneration`` inside a peft wrapper (LoRA layers stay live)."""
-    inner = model
-    while hasattr(inner, "base_model") and inner.base_model is not inner and not hasattr(inner, "lm_head"):
-        inner = inner.base_model
-    while hasattr(inner, "model") and not hasattr(inner, "lm_head"):
-        inner = inner.model
-    if not hasattr(inner, "lm_head"):
-        raise TypeError(f"{type(model).__name__} is not a Qwen2.5-VL causal model")
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(inner, "lm_head") or not hasattr(getattr(inner, "model", None), "language_model"):
+        raise TypeError(f"{type(model).__name__} is not a Qwen2.5-VL model")
     return inner
 
 

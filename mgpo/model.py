@@ -79,7 +79,6 @@ def load_model(
     the local directory or the HF cache first, so it works offline. Raises :class:`ModelLoadError`
     with a fix when the model or adapter cannot be found.
     """
-    import torch
     from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     device = pick_device(device)

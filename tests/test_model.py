@@ -68,3 +68,25 @@ def test_a_local_adapter_loads_and_changes_the_output(tiny_model_dir, tmp_path):
         with loaded.model.disable_adapter():
             without = loaded.model(input_ids=ids).logits
     assert not torch.allclose(with_adapter, without)
+
+
+def test_engine_from_pretrained_with_an_adapter_runs_through_the_lora(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from mgpo.engine import Engine, Request
+    from mgpo.generation import unwrap
+    from mgpo.rows import Sampling
+
+    from conftest import noise_image
+
+    base = load_model(str(tiny_model_dir), device="cpu").model
+    get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                    target_modules=r".*language_model.*\.(q_proj|v_proj)")).save_pretrained(tmp_path / "a")
+    engine = Engine.from_pretrained(str(tiny_model_dir), str(tmp_path / "a"), device="cpu")
+    assert "+" in engine.name and unwrap(engine.backend.model) is engine.backend.core
+    plain = Engine.from_pretrained(str(tiny_model_dir), device="cpu")
+    img = noise_image(600, 400)
+    s = Sampling(temperature=0.0, max_new_tokens=6)
+    with_lora = engine.rollout([Request(img, "q")], sampling=s)[0]
+    without = plain.rollout([Request(img, "q")], sampling=s)[0]
+    assert with_lora.logprobs != without.logprobs

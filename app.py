@@ -1,0 +1,482 @@
+"""MGPO demo: ask about a large image; watch the model box the key area, zoom in, then answer.
+
+The page streams every event of :meth:`mgpo.engine.Engine.run`: turn 1's reasoning and JSON box,
+the region cut from the full-resolution original (drawn on the image, and shown at the size it is
+fed to the model), turn 2's answer, and what each turn cost in visual tokens and seconds. "Compare"
+runs the paper's single-turn baseline (no zoom) on the same input. This module only maps engine
+events to Gradio components; :class:`Runner` is the one place that calls the model.
+
+    python app.py                                   # Qwen/Qwen2.5-VL-7B-Instruct on a GPU
+    python app.py --adapter user/mgpo-lora          # with a LoRA adapter (Hub id or folder)
+    python -m mgpo.tiny /tmp/tiny && python app.py --model /tmp/tiny   # try the page, no weights
+                                                    # (a random model: its answers are noise)
+
+Settings also come from the environment (for a Space): MGPO_MODEL, MGPO_ADAPTER, MGPO_HOST /
+GRADIO_SERVER_NAME, MGPO_PORT / GRADIO_SERVER_PORT, MGPO_SHARE, MGPO_QUEUE_SIZE, MGPO_CONCURRENCY,
+MGPO_GPU_SECONDS.
+"""
+
+from __future__ import annotations
+
+try:  # before gradio, as ZeroGPU asks; off Spaces spaces.GPU is the identity
+    import spaces
+except ImportError:  # pragma: no cover - spaces is in requirements.txt
+    spaces = None
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from mgpo.engine import DEFAULT_MODEL, Engine, InputError
+from mgpo.geometry import MAX_PIXELS, MIN_PIXELS
+from mgpo.images import ImageError, load_image
+from mgpo.model import ModelLoadError
+from mgpo.prompts import LETTERS
+from mgpo.transcript import Transcript
+
+log = logging.getLogger("mgpo.app")
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+MAX_UPLOAD_PIXELS = 8192 * 8192   # 67 MP: larger uploads are refused with a message
+
+
+# ----- configuration -------------------------------------------------------------------------
+
+
+@dataclass
+class AppConfig:
+    model: str = DEFAULT_MODEL      # Hub id or local directory of a Qwen2.5-VL checkpoint
+    adapter: str | None = None      # LoRA adapter (Hub id or directory) loaded at start
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False             # a public gradio.live link
+    queue_size: int = 16            # requests waiting beyond this are told the queue is full
+    concurrency: int = 1            # model runs at a time (one model, one GPU)
+    gpu_seconds: int = 120          # ZeroGPU duration of one request
+
+
+def _env_flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_args(argv: list[str] | None = None, environ: dict | None = None) -> AppConfig:
+    """Command line over environment variables over the defaults."""
+    env = os.environ if environ is None else environ
+    d = AppConfig()
+    p = argparse.ArgumentParser(prog="python app.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=env.get("MGPO_MODEL", d.model), help="Hub id or local directory (env MGPO_MODEL)")
+    p.add_argument("--adapter", default=env.get("MGPO_ADAPTER") or None, help="LoRA adapter, Hub id or directory (env MGPO_ADAPTER)")
+    p.add_argument("--host", default=env.get("MGPO_HOST", env.get("GRADIO_SERVER_NAME", d.host)),
+                   help="address to listen on; 0.0.0.0 for all (env MGPO_HOST or GRADIO_SERVER_NAME)")
+    p.add_argument("--port", type=int, default=int(env.get("MGPO_PORT", env.get("GRADIO_SERVER_PORT", d.port))),
+                   help="port (env MGPO_PORT or GRADIO_SERVER_PORT; default 7860)")
+    p.add_argument("--share", action="store_true", default=_env_flag(env.get("MGPO_SHARE")), help="create a public link")
+    p.add_argument("--queue-size", type=int, default=int(env.get("MGPO_QUEUE_SIZE", d.queue_size)),
+                   help="requests that may wait; more are told the queue is full (env MGPO_QUEUE_SIZE)")
+    p.add_argument("--concurrency", type=int, default=int(env.get("MGPO_CONCURRENCY", d.concurrency)),
+                   help="model runs at a time (env MGPO_CONCURRENCY; default 1)")
+    p.add_argument("--gpu-seconds", type=int, default=int(env.get("MGPO_GPU_SECONDS", d.gpu_seconds)),
+                   help="ZeroGPU time per request on a Space (env MGPO_GPU_SECONDS)")
+    a = p.parse_args(argv)
+    return AppConfig(a.model, a.adapter, a.host, a.port, a.share, a.queue_size, a.concurrency, a.gpu_seconds)
+
+
+@dataclass
+class Settings:
+    """One request's knobs (the "advanced" panel); ``None`` keeps the engine's default."""
+
+    max_turns: int = 2
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    temperature: float | None = None
+    max_new_tokens: int | None = None
+    box_rule: str | None = None
+
+    def overrides(self) -> dict:
+        out = dict(min_pixels=self.min_pixels, max_pixels=self.max_pixels, temperature=self.temperature,
+                   max_new_tokens=self.max_new_tokens, box_rule=self.box_rule)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+# ----- the model side: engine runs and LoRA adapters -----------------------------------------
+
+
+class Adapters:
+    """LoRA adapters put on the engine's model at runtime, each loaded once (cached by id).
+
+    All adapters live in one peft model around the base weights; a run switches to its adapter
+    (or disables them all for the base model) before generating. Runs share one model, so they
+    must not overlap (the app runs them one at a time).
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.names: dict[str, str] = {}           # adapter id → peft adapter name
+        self.peft = None
+        model = getattr(engine.backend, "model", None)
+        if model is not None and hasattr(model, "peft_config"):   # adapters put on before: known by name
+            self.peft = model
+            self.names = {name: name for name in model.peft_config}
+
+    @property
+    def supported(self) -> bool:
+        return hasattr(self.engine.backend, "core")
+
+    def load(self, adapter: str) -> str:
+        """Load ``adapter`` (Hub id or directory) if new; return its id. Raises ModelLoadError."""
+        adapter = adapter.strip()
+        if adapter in self.names:
+            return adapter
+        if not self.supported:
+            raise ModelLoadError("this engine has no neural network to put a LoRA adapter on")
+        name = f"adapter_{len(self.names)}"
+        if self.peft is None:
+            from mgpo.model import load_adapter
+
+            self.peft = load_adapter(self.engine.backend.model, adapter, adapter_name=name)
+            self.engine.backend.model = self.peft
+        else:
+            self._load_more(adapter, name)
+        self.names[adapter] = name
+        return adapter
+
+    def _load_more(self, adapter: str, name: str) -> None:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        try:
+            if Path(adapter).is_dir():
+                self.peft.load_adapter(adapter, adapter_name=name)
+            else:
+                try:
+                    self.peft.load_adapter(adapter, adapter_name=name, local_files_only=True)
+                except Exception:
+                    if offline:
+                        raise
+                    self.peft.load_adapter(adapter, adapter_name=name)
+        except Exception as e:
+            raise ModelLoadError(
+                f"Could not load the LoRA adapter '{adapter}': it is not a local directory with "
+                f"adapter_config.json, not in the HF cache, and could not be downloaded ({type(e).__name__})"
+            ) from None
+
+    def activate(self, adapter: str | None) -> None:
+        """Make the next run use ``adapter`` (an id already loaded), or the base model."""
+        if self.peft is None:
+            if adapter:
+                raise ModelLoadError(f"the LoRA adapter '{adapter}' is not loaded")
+            return
+        if not adapter:
+            self.peft.base_model.disable_adapter_layers()
+            return
+        if adapter not in self.names:
+            self.load(adapter)
+        self.peft.base_model.enable_adapter_layers()
+        self.peft.set_adapter(self.names[adapter], inference_mode=True)
+
+
+class Runner:
+    """Runs the engine for the page: the MGPO conversation and, with ``compare``, the
+    single-turn baseline. :meth:`events` yields ``(run, event)`` with run ``"mgpo"`` or
+    ``"baseline"``; it is the function ZeroGPU gives a GPU to (``spaces.GPU``)."""
+
+    def __init__(self, engine: Engine, adapter: str | None = None, gpu_seconds: int = 120):
+        self.engine = engine
+        self.adapters = Adapters(engine)
+        self.adapter = self.adapters.load(adapter) if adapter else None   # the page's default adapter
+        self.events = spaces.GPU(duration=gpu_seconds)(self._events) if spaces else self._events
+
+    @property
+    def base_name(self) -> str:
+        return self.engine.name.split(" + ")[0]
+
+    def _events(self, image: Image.Image, question: str, choices: str | None, settings: Settings,
+                compare: bool = False, adapter: str | None = None):
+        self.adapters.activate(adapter)
+        runs = [("mgpo", dict(mode="mgpo", max_turns=settings.max_turns))]
+        if compare:
+            runs.append(("baseline", dict(mode="direct")))
+        for run, kw in runs:
+            stream = self.engine.run(image, question, choices, **kw, **settings.overrides())
+            try:
+                for event in stream:
+                    yield run, event
+            finally:
+                stream.close()   # a stopped request stops generating here
+
+
+# ----- the page --------------------------------------------------------------------------------
+
+
+def keep_upload_path(image: gr.Image) -> gr.Image:
+    """Make ``image`` hand the uploaded file's path on without opening it, so that a non-image or
+    gigantic upload reaches the handler and gets a specific message there (``gr.Image`` would open
+    it with PIL first and fail with a bare "Error"). Patched on the instance: a ``gr.Image``
+    subclass would make Gradio write an ``app.pyi`` stub next to this file."""
+    plain = image.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return plain(payload)
+
+    image.preprocess = preprocess
+    return image
+
+
+def load_examples(folder: Path = EXAMPLES_DIR) -> list[list]:
+    """``[image path, question, choices (one per line)]`` rows from ``examples/examples.json``."""
+    index = folder / "examples.json"
+    if not index.is_file():
+        return []
+    items = json.loads(index.read_text())
+    return [[str(folder / it["image"]), it["question"], "\n".join(it.get("choices") or [])] for it in items]
+
+
+def _header(runner: Runner, adapter: str | None) -> str:
+    lora = f" · LoRA **{adapter}**" if adapter else " · no adapter"
+    if (Path(runner.base_name) / "mgpo_tiny.json").is_file():
+        lora += " · ⚠️ a tiny *random* test model (`python -m mgpo.tiny`): the page works, its answers are noise"
+    return (
+        "# MGPO · look, zoom, answer\n"
+        "Multi-turn grounding for high-resolution images ([arXiv 2507.05920](https://arxiv.org/abs/2507.05920)): "
+        "the model first marks the key area of the full image, the app cuts it from the original at full "
+        "resolution, and the model answers looking at the zoomed crop.\n\n"
+        f"Model: **{runner.base_name}**{lora}"
+    )
+
+
+CSS = """
+.answer textarea { font-size: 1.25rem !important; font-weight: 600; }
+.answer-mgpo textarea { background: #fff7ed !important; border-color: #fb923c !important; }
+#summary { min-height: 1.5em; }
+"""
+THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="pink")
+
+
+def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, queue_size: int = 16,
+               concurrency: int = 1, update_every: float = 0.08) -> gr.Blocks:
+    """The Blocks app for ``engine`` (or a prepared :class:`Runner`). ``update_every`` (seconds)
+    limits how often streamed text alone refreshes the page; every other change is sent at once."""
+    runner = engine if isinstance(engine, Runner) else Runner(engine)
+    examples = load_examples() if examples is None else examples
+
+    def run(image_path, question, choices, max_turns, compare, min_pixels, max_pixels, temperature,
+            max_new_tokens, box_rule, adapter):
+        try:
+            original = _open_upload(image_path)
+            settings = Settings(int(max_turns), _int(min_pixels), _int(max_pixels), temperature,
+                                _int(max_new_tokens), box_rule)
+        except (ImageError, TypeError, ValueError) as e:
+            yield _refusal(str(e))
+            return
+        view = Transcript(original, question or "", _choice_list(choices))
+        stream = runner.events(original, question, choices, settings, bool(compare), adapter)
+        t0, last, pending = time.perf_counter(), 0.0, {"boxes"}   # the first update shows the image
+        try:
+            for run_name, event in stream:
+                pending |= view.apply(run_name, event)
+                if pending == {"chat"} and time.perf_counter() - last < update_every:
+                    continue
+                yield _outputs(view, pending)
+                last, pending = time.perf_counter(), set()
+        except (InputError, ImageError, ModelLoadError) as e:    # the engine refused the request
+            yield _refusal(str(e))
+        except Exception as e:                                     # never a traceback on the page
+            log.exception("model run failed")
+            yield _refusal(f"The model run failed ({type(e).__name__}: {str(e)[:300]}). "
+                           "Try again, or with other settings.")
+        else:
+            view.status = f"Done in {time.perf_counter() - t0:.1f} s."
+            yield _outputs(view, {"chat", "boxes", "crops", "answer", "stats"})   # the last update holds it all
+        finally:
+            stream.close()
+
+    def load_adapter(adapter_id):
+        adapter_id = (adapter_id or "").strip()
+        if not adapter_id:
+            return gr.skip(), gr.skip(), _warn("Type a Hub id (user/name) or a local folder with adapter_config.json.")
+        try:
+            runner.adapters.load(adapter_id)
+        except ModelLoadError as e:
+            return gr.skip(), gr.skip(), _warn(str(e))
+        return adapter_id, _header(runner, adapter_id), f"Loaded **{adapter_id}**; runs in this tab use it."
+
+    def base_model():
+        return None, _header(runner, None), "Runs in this tab use the base model."
+
+    with gr.Blocks(title="MGPO · look, zoom, answer") as demo:
+        adapter_state = gr.State(runner.adapter)
+        header = gr.Markdown(_header(runner, runner.adapter), elem_id="header")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=340):
+                image = keep_upload_path(gr.Image(label="Image (upload, paste or drag)", type="filepath", height=300,
+                                                  sources=["upload", "clipboard"], image_mode=None, elem_id="image"))
+                question = gr.Textbox(label="Question", placeholder="What is written on the small sign?", lines=2, elem_id="question")
+                choices = gr.Textbox(label="Answer choices (optional, one per line)", lines=3,
+                                     placeholder="LB MA 864\nLB MA 846\n…", elem_id="choices")
+                max_turns = gr.Slider(2, 3, value=2, step=1, label="Max turns", info="2 = the paper; 3 = one more zoom")
+                compare = gr.Checkbox(label="Compare with the single-turn baseline (no zoom)", value=False, elem_id="compare")
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                with gr.Accordion("Advanced", open=False):
+                    with gr.Row():
+                        min_pixels = gr.Number(MIN_PIXELS, label="Min pixels", precision=0, info="256·28·28: smaller crops are enlarged")
+                        max_pixels = gr.Number(MAX_PIXELS, label="Max pixels", precision=0, info="1280·28·28: the overview's budget")
+                    temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
+                    max_new_tokens = gr.Slider(16, 4096, value=1024, step=16, label="Max new tokens per turn")
+                    box_rule = gr.Dropdown(["paper", "clamp", "pad", "clamp+pad"], value="paper", label="Box rule",
+                                           info="paper: refuse out-of-bounds or tiny boxes; clamp / pad: repair them")
+                with gr.Accordion("LoRA adapter", open=False):
+                    adapter_box = gr.Textbox(label="Adapter (Hub id or local folder)", placeholder="user/mgpo-qwen2.5-vl-lora",
+                                             value=runner.adapter or "", elem_id="adapter")
+                    with gr.Row():
+                        load_btn = gr.Button("Load adapter", size="sm")
+                        base_btn = gr.Button("Use the base model", size="sm")
+                    adapter_status = gr.Markdown("")
+            with gr.Column(scale=6, min_width=420):
+                status = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
+                with gr.Row():
+                    answer_mgpo = gr.Textbox(label="MGPO answer (zoom)", interactive=False, elem_id="answer-mgpo",
+                                             elem_classes=["answer", "answer-mgpo"])
+                    answer_base = gr.Textbox(label="Single-turn baseline answer", interactive=False, elem_id="answer-base",
+                                             elem_classes=["answer"], placeholder="tick Compare to run it")
+                with gr.Row(equal_height=True):
+                    boxes = gr.Image(label="Predicted boxes on the full image", interactive=False, height=340,
+                                     format="jpeg", elem_id="boxes", buttons=["fullscreen"])
+                    crops = gr.Gallery(label="Crops, as fed to the model", columns=1, height=340, object_fit="contain",
+                                       format="jpeg", elem_id="crops", allow_preview=True)
+                chat = gr.Chatbot(label="Transcript", height=420, elem_id="transcript", group_consecutive_messages=False,
+                                  placeholder="Each turn streams here as a titled step: the grounding turn and its JSON box, "
+                                              "the cropped region, the answer turn.", feedback_options=None,
+                                  buttons=["copy_all"])
+                stats = gr.Dataframe(headers=Transcript.STATS_HEADERS, label="Cost per turn", interactive=False,
+                                     elem_id="stats", wrap=True,
+                                     column_widths=["12%", "8%", "13%", "13%", "14%", "14%", "13%", "13%"])
+                summary = gr.Markdown("", elem_id="summary")
+        if examples:
+            gr.Examples(examples, inputs=[image, question, choices], cache_examples=False, examples_per_page=8,
+                        label="Examples: large scenes whose detail needs a zoom (click one to load it)")
+        gr.Markdown("The model only sees a resized overview (≤ 1280·28·28 pixels). Boxes are read in that frame "
+                    "and mapped back to the original; crops are cut from the full-resolution upload.",
+                    elem_id="footnote")
+
+        outputs = [status, chat, boxes, crops, answer_mgpo, answer_base, stats, summary]
+        inputs = [image, question, choices, max_turns, compare, min_pixels, max_pixels, temperature,
+                  max_new_tokens, box_rule, adapter_state]
+        clear = gr.on([run_btn.click, question.submit], _reset, outputs=outputs, queue=False, api_name=False)
+        event = clear.then(run, inputs=inputs, outputs=outputs, api_name="run",
+                           concurrency_limit=concurrency, concurrency_id="model")
+        stop_btn.click(lambda: "Stopped.", outputs=[status], cancels=[event], queue=False, api_name="stop")
+        load_btn.click(load_adapter, inputs=[adapter_box], outputs=[adapter_state, header, adapter_status],
+                       api_name="load_adapter", concurrency_limit=concurrency, concurrency_id="model")
+        base_btn.click(base_model, outputs=[adapter_state, header, adapter_status], api_name="base_model", queue=False)
+    demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
+    return demo
+
+
+def _int(v) -> int | None:
+    return None if v is None or v == "" else int(v)
+
+
+def _choice_list(choices: str | None) -> list[str]:
+    """The choices as the transcript lists them (the engine validates them)."""
+    return [c.strip() for c in (choices or "").splitlines() if c.strip()][: len(LETTERS)]
+
+
+def _open_upload(path) -> Image.Image:
+    """The uploaded file as an RGB image, or ImageError with what is wrong with it."""
+    if not path:
+        raise ImageError("add an image first: upload, paste or drag one, or click an example below")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageError(f"the upload could not be read ({e.strerror})") from None
+    try:
+        return load_image(data, MAX_UPLOAD_PIXELS)
+    except ImageError as e:
+        raise ImageError(f"that upload can't be used: {e}") from None
+
+
+def _warn(message: str) -> str:
+    """Show ``message`` as a toast and return it for the page (a visitor's mistake, not a crash)."""
+    message = message[:1].upper() + message[1:]
+    gr.Warning(message)
+    return f"⚠️ {message}"
+
+
+def _refusal(message: str):
+    """Outputs for a request that cannot run: the reason in the status line, the rest unchanged."""
+    return (_warn(message),) + (gr.skip(),) * 7
+
+
+def _reset():
+    """Clear the outputs of the previous request."""
+    return ("Working…", [], None, [], "", "", [], "")
+
+
+def _outputs(view: Transcript, changed: set[str]):
+    skip = gr.skip()
+    return (
+        view.status,
+        view.messages if "chat" in changed else skip,
+        view.box_image() if "boxes" in changed else skip,
+        view.gallery() if "crops" in changed else skip,
+        view.answer("mgpo") if "answer" in changed else skip,
+        view.answer("baseline") if "answer" in changed and "baseline" in view.runs else skip,
+        view.stats() if "stats" in changed else skip,
+        view.summary() if "stats" in changed else skip,
+    )
+
+
+# ----- when the model cannot be loaded ---------------------------------------------------------
+
+
+def error_demo(message: str, model: str) -> gr.Blocks:
+    """A page that says why the model did not load and how to fix it (no traceback)."""
+    with gr.Blocks(title="MGPO · model not loaded") as demo:
+        gr.Markdown(f"# MGPO · the model could not be loaded\n\nThe demo could not start **{model}**.")
+        gr.Textbox(message, label="What went wrong", lines=4, interactive=False, elem_id="load-error")
+        gr.Markdown(
+            "**How to fix it**\n\n"
+            "- pass a local checkpoint folder: `python app.py --model /path/to/Qwen2.5-VL-7B-Instruct`\n"
+            f"- or download it once while online (`hf download {model}`) so it loads from the Hugging Face cache\n"
+            "- or try the interface with a tiny random model: `python -m mgpo.tiny /tmp/tiny` then "
+            "`python app.py --model /tmp/tiny` (its answers are noise)"
+        )
+    return demo
+
+
+def launch(demo: gr.Blocks, cfg: AppConfig, block: bool = True):
+    """Start the server with the app's theme and style (Gradio 6 takes them at launch)."""
+    return demo.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, theme=THEME, css=CSS,
+                       prevent_thread_lock=not block, show_error=False, max_file_size="100mb",
+                       footer_links=["api"])
+
+
+def make_app(cfg: AppConfig) -> gr.Blocks:
+    """Load the model and build the page, or the page explaining why it could not be loaded."""
+    try:
+        runner = Runner(Engine.from_pretrained(cfg.model), cfg.adapter, cfg.gpu_seconds)
+    except ModelLoadError as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return error_demo(str(e), cfg.model)
+    return build_demo(runner, queue_size=cfg.queue_size, concurrency=cfg.concurrency)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = parse_args(argv)
+    launch(make_app(cfg), cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,433 @@
+"""The training loop: rollouts from the engine → rewards → GRPO update of a LoRA adapter.
+
+One step (per process):
+
+1. draw ``prompts_per_step`` items; ``engine.rollout(requests, group_size=G, sampling=T 1.0)``
+   — the engine encodes each prompt once and shares that prefill across its G samples, runs
+   turn 1 (box), crops, runs turn 2 (answer), and returns token ids, the loss mask, sampling
+   log-probs, M-RoPE positions and images per sample;
+2. rewards (:mod:`train.rewards`) → group-normalised advantages (:mod:`train.grpo`);
+3. for each of ``mini_batches`` slices of the groups: micro-batches of ``micro_batch`` rollouts
+   through the training forward (:mod:`train.logprobs`) with grad, the reference log-probs with
+   the adapter disabled (no grad), the clipped loss, backward; then the LoRA gradients are
+   averaged over processes (one all-reduce), clipped, and AdamW steps.
+
+Processes (``accelerate launch``) each roll out their own prompts; nothing but the LoRA
+gradients, the token count and the logged metrics crosses processes, so the model is never
+wrapped in DDP (the engine calls sub-modules directly, which a DDP wrapper would not see).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mgpo import geometry
+from mgpo.engine import Engine, EngineConfig, InputError, Request
+from mgpo.images import ImageError, load_image
+from mgpo.rows import Sampling
+
+from . import checkpoint as ckpt
+from .config import VISION_TARGETS, ConfigError, TrainConfig
+from .data import Item, Sampler, load_items
+from .grpo import group_advantages, policy_loss
+from .logprobs import collate, token_logprobs
+from .metrics import MetricsLog, plot
+from .rewards import RewardSpec
+from .rollouts import completion, rollout_metrics
+
+
+def _log(msg: str) -> None:
+    print(f"[train] {msg}", file=sys.stderr, flush=True)
+
+
+class Trainer:
+    """Holds the model, optimizer, data and engine of one run; :meth:`run` trains.
+
+    ``backend_cls`` builds the engine's backend (default :class:`mgpo.generation.QwenBackend`);
+    ``on_step(step, metrics)`` is called after every step (tests interrupt a run with it);
+    ``loaded`` (a :class:`mgpo.model.Loaded`) replaces loading ``cfg.model`` (an in-memory model).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, backend_cls=None, on_step=None, loaded=None):
+        from accelerate import Accelerator
+        from peft import LoraConfig, get_peft_model
+
+        from mgpo.generation import QwenBackend
+        from mgpo.model import load_model
+
+        self.cfg = cfg.check()
+        self.on_step = on_step
+        # no CUDA: CPU processes (gloo when launched as several, e.g. `accelerate launch --multi_gpu`)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.main = self.acc.is_main_process
+        self.out = Path(cfg.output_dir)       # created by the first write (metrics, checkpoint)
+        if not cfg.resume and ckpt.checkpoints(self.out):
+            raise ConfigError(f"{self.out} already holds checkpoints of a run: pass --resume to continue it, "
+                              "or choose a new --output-dir")
+        torch.manual_seed(cfg.seed)     # the same LoRA initialisation on every process
+
+        # data first: a typo in the path should not cost a model load
+        self.items, self.report = load_items(cfg.data, cfg.data_format, image_root=cfg.image_root,
+                                             split=cfg.hf_split, columns=cfg.columns, max_records=cfg.max_records)
+        if self.main:
+            _log(self.report.summary())
+        self.sampler = Sampler(len(self.items), cfg.seed, self.rank, self.world)
+        self.skipped: dict[str, list[str]] = {}       # rule → ids of items skipped while training
+        self.rewards = RewardSpec(dict(cfg.rewards))
+
+        if loaded is None:
+            loaded = load_model(cfg.model, device=str(self.acc.device), dtype=cfg.dtype or None,
+                                min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+        self.dtype = loaded.dtype
+        base = loaded.model
+        base.requires_grad_(False)
+        targets = cfg.lora_targets + (f"|{VISION_TARGETS}" if cfg.train_vision else "")
+        self.lora_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                      target_modules=targets, bias="none")
+        try:
+            self.model = get_peft_model(base, self.lora_config)
+        except ValueError as e:             # peft: the target regex matched nothing
+            reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise ConfigError(f"LoRA targets {targets!r} do not fit {cfg.model}: {reason}") from None
+        # the Qwen2_5_VLForConditionalGeneration with LoRA layers injected in place
+        self.core = self.model.get_base_model()
+        if cfg.gradient_checkpointing:
+            if hasattr(self.core, "activation_checkpointing_enable"):      # transformers ≥ 5.2x
+                self.core.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                self.core.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError(f"the LoRA target regex {targets!r} matched no module of {cfg.model}")
+        if self.world > 1:                  # start every replica from process 0's weights
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for p in self.params:
+                    dist.broadcast(p.data, src=0)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total = cfg.steps * cfg.mini_batches
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: _lr_factor(cfg, k, total))
+
+        backend_cls = backend_cls or QwenBackend
+        self.backend = backend_cls(self.core, loaded.processor)
+        self.engine = Engine(self.backend, EngineConfig(
+            max_turns=cfg.max_turns, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, box_rule=cfg.box_rule,
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p), name=cfg.model)
+        self.processor = loaded.processor
+        self.step = 0
+        self.last_metrics: dict = {}
+
+    # ----- data --------------------------------------------------------------------------------
+
+    def _draw(self, n: int) -> list[Item]:
+        """The next ``n`` usable items, images opened; unusable images are skipped and counted
+        (``self.skipped``: rule → item ids), so one bad file never stops a run."""
+        out: list[Item] = []
+        for _ in range(n + len(self.items)):
+            if len(out) == n:
+                return out
+            item = self.items[self.sampler.next()]
+            try:
+                image = load_image(item.image)
+                geometry.model_frame(image.size, self.cfg.min_pixels, self.cfg.max_pixels)
+            except ImageError as e:
+                self._skip("unreadable image", item, e)
+                continue
+            except ValueError as e:                    # an aspect ratio Qwen2.5-VL refuses
+                self._skip("image shape", item, e)
+                continue
+            out.append(Item(image, item.question, item.choices, item.answer, item.id))
+        if len(out) == n:
+            return out
+        raise RuntimeError(f"not enough usable images left in the data (skipped: {self.skipped})")
+
+    def _skip(self, rule: str, item: Item, error: Exception) -> None:
+        ids = self.skipped.setdefault(rule, [])
+        if item.id not in ids:
+            ids.append(item.id)
+            _log(f"skipping {item.id} ({rule}): {error}")
+
+    # ----- one step ------------------------------------------------------------------------------
+
+    def _sampling(self, step: int) -> Sampling:
+        # one seed per (run, step, process): a resumed run samples exactly what the first would have
+        seed = (self.cfg.seed * 1_000_003 + step * 1_009 + self.rank) % (2**63)
+        return Sampling(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                        max_new_tokens=self.cfg.max_new_tokens, seed=seed)
+
+    def rollout(self, step: int):
+        cfg = self.cfg
+        items = self._draw(cfg.prompts_per_step)
+        requests = [Request(it.image, it.question, it.choices, it.answer, it.id) for it in items]
+        self.model.eval()
+        t0 = time.perf_counter()
+        try:
+            rollouts = self.engine.rollout(requests, group_size=cfg.group_size, mode=cfg.mode,
+                                           sampling=self._sampling(step))
+        except InputError as e:
+            raise RuntimeError(f"the engine refused a batch at step {step}: {e}") from None
+        return items, rollouts, time.perf_counter() - t0
+
+    def _forward(self, batch, want_ref: bool):
+        T = self.cfg.temperature
+        ref = None
+        if want_ref:
+            with torch.no_grad(), self.model.disable_adapter():
+                ref, _ = token_logprobs(self.core, batch, T, with_entropy=False)
+        logp, ent = token_logprobs(self.core, batch, T, with_entropy=True)
+        return logp, ent, ref
+
+    def _allreduce_grads(self) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        k = 0
+        for p, g in zip(self.params, grads):
+            n = g.numel()
+            p.grad = flat[k:k + n].view_as(p).clone()
+            k += n
+
+    def _sum_over_processes(self, x: float) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=self.acc.device)
+        return float(self.acc.reduce(t, reduction="sum").item())
+
+    def update(self, items, rollouts) -> dict:
+        """Rewards, advantages and ``mini_batches`` optimizer updates on one step's rollouts."""
+        cfg = self.cfg
+        G = cfg.group_size
+        comps = [completion(r, len(items[r.request].choices or ()), cfg.max_new_tokens) for r in rollouts]
+        scored = [self.rewards.score(c, items[r.request].answer) for c, r in zip(comps, rollouts)]
+        rewards = torch.tensor([s[0] for s in scored], dtype=torch.float32)
+        adv = group_advantages(rewards, G, cfg.adv_eps, cfg.scale_advantages)
+        pad_id = getattr(self.backend, "pad_id", 0)
+        image_id = self.core.config.image_token_id
+
+        recompute = cfg.old_logprobs == "recompute" or (cfg.old_logprobs == "auto" and self.dtype != torch.float32)
+        if recompute:
+            self.model.eval()
+            olds = []                                                   # per rollout, (T_i,)
+            with torch.no_grad():
+                for k in range(0, len(rollouts), cfg.micro_batch):
+                    chunk = rollouts[k:k + cfg.micro_batch]
+                    b = collate(chunk, pad_id, image_id, self.acc.device, self.dtype)
+                    lp = token_logprobs(self.core, b, cfg.temperature, with_entropy=False)[0].cpu()
+                    olds += [lp[j, :len(r.token_ids)] for j, r in enumerate(chunk)]
+        self.model.train()
+        per_mb = len(rollouts) // cfg.mini_batches                      # whole groups per mini-batch
+        stats = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ratio_max": 0.0}
+        tokens_seen = 0
+        grad_norms = []
+        t0 = time.perf_counter()
+        for m in range(cfg.mini_batches):
+            mb = list(range(m * per_mb, (m + 1) * per_mb))
+            local = sum(sum(rollouts[i].loss_mask) for i in mb)
+            # token-mean over the whole mini-batch on all processes: gradients are averaged over
+            # the W processes afterwards, so each divides its token sum by (global tokens / W)
+            denom = max(self._sum_over_processes(float(local)) / self.world, 1.0)
+            for k in range(0, len(mb), cfg.micro_batch):
+                idx = mb[k:k + cfg.micro_batch]
+                batch = collate([rollouts[i] for i in idx], pad_id, image_id, self.acc.device, self.dtype)
+                if recompute:
+                    old = torch.zeros_like(batch.old_logprobs)
+                    for j, i in enumerate(idx):
+                        old[j, :len(olds[i])] = olds[i].to(old.device)
+                else:
+                    old = batch.old_logprobs
+                logp, ent, ref = self._forward(batch, want_ref=cfg.kl_coef > 0)
+                parts = policy_loss(logp, old, adv[idx].to(logp.device), batch.loss_mask, ref=ref, entropy=ent,
+                                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
+                                    entropy_coef=cfg.entropy_coef, denom=denom)
+                parts.loss.backward()
+                w = parts.tokens
+                tokens_seen += batch.tokens
+                stats["loss"] += float(parts.loss.item())
+                for key, val in (("pg_loss", parts.pg), ("kl", parts.kl), ("entropy", parts.entropy),
+                                 ("clip_frac", parts.clip_frac)):
+                    stats[key] += val * w
+                stats["ratio_max"] = max(stats["ratio_max"], parts.ratio_max)
+            self._allreduce_grads()
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip).item()))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        train_s = time.perf_counter() - t0
+        n_policy = max(sum(sum(r.loss_mask) for r in rollouts), 1)
+        for key in ("pg_loss", "kl", "entropy", "clip_frac"):
+            stats[key] /= n_policy
+        stats["loss"] /= cfg.mini_batches
+
+        return {**rollout_metrics(rollouts, items, comps, scored, rewards, G), **stats,
+                "grad_norm": sum(grad_norms) / len(grad_norms), "lr": self.scheduler.get_last_lr()[0],
+                "train_seconds": train_s, "tokens_per_s": tokens_seen / train_s if train_s > 0 else 0.0,
+                "skipped_items": sum(len(v) for v in self.skipped.values())}
+
+    def _average_metrics(self, metrics: dict) -> dict:
+        if self.world == 1:
+            return metrics
+        keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+        vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.acc.device)
+        nan = torch.isnan(vals)
+        vals = torch.nan_to_num(vals)
+        counts = self.acc.reduce((~nan).double(), reduction="sum")
+        sums = self.acc.reduce(vals, reduction="sum")
+        avg = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
+        out = dict(zip(keys, avg.tolist()))
+        out.update({k: sums[keys.index(k)].item() for k in _SUMMED if k in keys})   # counts add up
+        return {**metrics, **out}
+
+    # ----- checkpoints and pushes -----------------------------------------------------------------
+
+    def _replica_checksums(self) -> list[float]:
+        """Σ of the LoRA parameters on every process: they must agree (gradients are all-reduced)."""
+        local = torch.stack([p.detach().double().sum() for p in self.params]).sum().reshape(1)
+        sums = self.acc.gather(local.to(self.acc.device)) if self.world > 1 else local
+        values = [float(v) for v in sums.tolist()]
+        if max(values) - min(values) > 1e-9 * max(1.0, abs(values[0])):
+            raise RuntimeError(f"LoRA weights differ between processes ({values}); the gradient all-reduce failed")
+        return values
+
+    def save(self, step: int) -> Path | None:
+        tmp = ckpt.tmp_dir(self.out, step)
+        checksums = self._replica_checksums()
+        if self.main:
+            ckpt.begin(self.out, step)
+            ckpt.write_main(tmp, step, self.model, self.optimizer, self.scheduler,
+                            {"config": self.cfg.to_dict(), "metrics": self.last_metrics, "world": self.world,
+                             "replica_checksums": checksums})
+        self.acc.wait_for_everyone()
+        ckpt.write_rank(tmp, self.rank, self.sampler.state())
+        self.acc.wait_for_everyone()
+        path = ckpt.commit(self.out, step, self.cfg.keep_last) if self.main else None
+        self.acc.wait_for_everyone()
+        return path
+
+    def resume(self) -> int:
+        path = ckpt.latest(self.out)
+        if path is None:
+            if self.main:
+                _log(f"--resume: no checkpoint in {self.out}; starting from step 0")
+            return 0
+        state = ckpt.load(path, self.rank, self.model, self.optimizer, self.scheduler)
+        if state.get("world", self.world) != self.world:
+            raise RuntimeError(f"{path} was written by {state.get('world')} processes; this run has {self.world}")
+        self.sampler.load_state(state["sampler"])
+        self.last_metrics = state.get("metrics", {})
+        if self.main:
+            _log(f"resumed from {path} (step {state['step']})")
+        return int(state["step"])
+
+    def push(self, folder: Path, step: int, extra_files: tuple = ()) -> str | None:
+        """Push an adapter folder with its model card; a failure is reported, the folder kept."""
+        if not (self.cfg.push_to_hub and self.main):
+            return None
+        try:
+            from .hub import PushError, push_adapter
+        except ImportError as e:
+            _log(f"cannot push: train/hub.py is not available ({e}); the adapter stays in {folder}")
+            return None
+        metrics = {k: v for k, v in self.last_metrics.items()
+                   if isinstance(v, (int, float)) and math.isfinite(v)}
+        card = {"base_model": self.cfg.model, "config": self.cfg.to_dict(), "metrics": metrics, "step": step,
+                "prompts": "mgpo", "mode": self.cfg.mode,
+                "data": {"source": self.cfg.data, "records": len(self.items),
+                         "skipped while loading": self.report.n_skipped}}
+        try:
+            url = push_adapter(str(folder), self.cfg.push_to_hub, card=card, private=self.cfg.hub_private,
+                               commit_message=f"MGPO LoRA adapter, step {step}",
+                               extra_files=[str(f) for f in extra_files if Path(f).is_file()])
+        except PushError as e:                      # its message says what failed and that the adapter is intact
+            _log(str(e))
+            return None
+        except ValueError as e:                     # a model card the hub module refused
+            _log(f"push to {self.cfg.push_to_hub} failed: {e}. The adapter is kept in {folder}")
+            return None
+        _log(f"pushed step {step} to {url}")
+        return url
+
+    # ----- the run --------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        start = self.resume() if cfg.resume else 0
+        log = MetricsLog(self.out, cfg.tensorboard, resume_step=start if cfg.resume else None) if self.main else None
+        bar = None
+        if self.main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=start, desc="mgpo", dynamic_ncols=True)
+        try:
+            for step in range(start + 1, cfg.steps + 1):
+                t0 = time.perf_counter()
+                items, rollouts, roll_s = self.rollout(step)
+                metrics = self.update(items, rollouts)
+                metrics["rollout_seconds"] = roll_s
+                metrics["step_seconds"] = time.perf_counter() - t0
+                metrics["samples"] = len(rollouts)
+                metrics = self._average_metrics(metrics)
+                self.step, self.last_metrics = step, metrics
+                if log is not None:
+                    log.log(step, metrics)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.4f}",
+                                    box=f"{metrics['valid_box']:.2f}")
+                if self.on_step is not None:
+                    self.on_step(step, metrics)
+                if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
+                    path = self.save(step)
+                    if path is not None and cfg.push_every and step % cfg.push_every == 0 and step != cfg.steps:
+                        self.push(path / "adapter", step)
+        finally:
+            if bar is not None:
+                bar.close()
+            if log is not None:
+                log.close()
+        final = self.out / "adapter"
+        if self.main:
+            self.model.save_pretrained(str(final), save_embedding_layers=False)
+            (self.out / "train_config.yaml").write_text(_yaml(cfg.to_dict()))
+            if cfg.plot:
+                plot(self.out / "metrics.jsonl", self.out / "curves.png")
+        self.acc.wait_for_everyone()
+        url = self.push(final, self.step, extra_files=tuple(self.out / n for n in
+                                                            ("curves.png", "metrics.jsonl", "train_config.yaml")))
+        return {"step": self.step, "adapter": str(final), "metrics": self.last_metrics, "url": url, "main": self.main}
+
+
+_SUMMED = ("samples", "zero_std_groups")  # metrics added over processes; the rest are averaged
+
+
+def _lr_factor(cfg: TrainConfig, k: int, total: int) -> float:
+    if cfg.warmup_steps and k < cfg.warmup_steps:
+        return (k + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    frac = (k - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    if cfg.lr_schedule == "linear":
+        return max(0.0, 1.0 - frac)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _yaml(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
+
+
+def train(cfg: TrainConfig, **kwargs) -> dict:
+    """Build a :class:`Trainer` and run it."""
+    return Trainer(cfg, **kwargs).run()

@@ -149,17 +149,10 @@ class Adapters:
         return adapter
 
     def _load_more(self, adapter: str, name: str) -> None:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        from mgpo.model import resolve_adapter
+
         try:
-            if Path(adapter).is_dir():
-                self.peft.load_adapter(adapter, adapter_name=name)
-            else:
-                try:
-                    self.peft.load_adapter(adapter, adapter_name=name, local_files_only=True)
-                except Exception:
-                    if offline:
-                        raise
-                    self.peft.load_adapter(adapter, adapter_name=name)
+            self.peft.load_adapter(resolve_adapter(adapter), adapter_name=name)
         except Exception as e:
             raise ModelLoadError(
                 f"Could not load the LoRA adapter '{adapter}': it is not a local directory with "

@@ -286,7 +286,7 @@ def test_cli_pushes_and_reports_failure_without_traceback(adapter, client_env, t
         monkeypatch.setenv("HF_TOKEN", TOKEN)
         assert main([str(adapter_dir), REPO, "--base-model", "Qwen/Qwen2.5-VL-3B-Instruct",
                      "--extra-file", str(tmp_path / "metrics.jsonl")]) == 0
-        assert capsys.readouterr().out.strip() == f"pushed to {hub.url}/{REPO}"
+        assert capsys.readouterr().out.strip().splitlines()[-1] == f"pushed to {hub.url}/{REPO}"
         assert hub.repos[REPO].files["metrics.jsonl"] == b'{"step": 1, "reward": 0.5}\n'
         assert b"base_model: Qwen/Qwen2.5-VL-3B-Instruct" in hub.repos[REPO].files["README.md"]
         hub.fail["commit"] = 500

@@ -1,7 +1,10 @@
-"""Evaluation harness: V*, HR-Bench 4K/8K, MME-RealWorld and plain JSONL, single-turn vs MGPO.
+"""Evaluation harness: V*, HR-Bench 4K/8K, MME-RealWorld, plain JSONL and the generated
+playground (held-out seeds, with the IoU of predicted boxes), single-turn vs MGPO.
 
     python -m mgpo.eval --benchmark vstar --data vstar_bench/ --model Qwen/Qwen2.5-VL-7B-Instruct \\
         --mode mgpo --out runs/vstar-mgpo
+    python -m mgpo.eval --benchmark playground --seed 0 --limit 200 --model examples/playground \\
+        --out runs/playground-mgpo
 
 - :mod:`.datasets` reads each public format into :class:`~.datasets.Item` streams.
 - :mod:`.runner` drains the engine over them in batches, writes one JSON row per item as it

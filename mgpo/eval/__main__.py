@@ -1,5 +1,8 @@
 """Command line: ``python -m mgpo.eval --benchmark {vstar,hrbench,mme-realworld,jsonl} --data PATH
---model M [--adapter A] [--mode direct|mgpo] [--max-turns N] [--limit K] [--batch-size B] --out DIR``.
+--model M [--adapter A] [--mode direct|mgpo] [--max-turns N] [--limit K] [--batch-size B] --out DIR``,
+or ``python -m mgpo.eval --benchmark playground --seed S --limit N --model M --out DIR`` (N generated
+held-out scenes from the playground's test seeds, from index S; pixel budgets default to the
+playground's 224² overview / 112² crop floor; results add the IoU with the hidden target box).
 
 Writes ``DIR/items.jsonl`` (one row per item, as it goes), ``DIR/results.json`` (protocol +
 scores) and ``DIR/results.md``. Rerunning the same command resumes where it stopped.
@@ -23,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mgpo.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    p.add_argument("--data", required=True, help="the benchmark's folder or file (see README)")
+    p.add_argument("--data", default=None, help="the benchmark's folder or file (see README); "
+                   "not used by playground")
     p.add_argument("--out", required=True, help="results folder; an existing one is resumed")
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local directory (default: %(default)s)")
     p.add_argument("--adapter", default=None, help="LoRA adapter: Hub id or directory")
@@ -32,15 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-turns", type=int, default=d.max_turns, help="mgpo turns (2 = paper, 3 = its Table 6)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first K items only")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--min-pixels", type=int, default=geometry.MIN_PIXELS)
-    p.add_argument("--max-pixels", type=int, default=geometry.MAX_PIXELS)
+    p.add_argument("--min-pixels", type=int, default=None,
+                   help=f"default {geometry.MIN_PIXELS:,} (the paper's); playground: its crop floor")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help=f"default {geometry.MAX_PIXELS:,} (the paper's); playground: its overview budget")
     p.add_argument("--box-rule", default=d.box_rule, choices=geometry.BOX_RULES)
     p.add_argument("--prompts", default=d.prompts, help="prompt set name (default: the paper's)")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="per turn")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=d.top_p)
     p.add_argument("--top-k", type=int, default=d.top_k)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None,
+                   help="decoding seed; playground: also the index of the first test scene (default 0)")
     p.add_argument("--no-crop-only", dest="crop_only", action="store_false",
                    help="mgpo mode: skip re-asking on the crop alone (crop-only accuracy)")
     p.add_argument("--strict", action="store_true", help="read answers from \\boxed{} only (no fallback)")
@@ -55,11 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.benchmark == "playground":
+        from ..playground.world import Budgets
+
+        budgets = Budgets().engine()
+        args.min_pixels = budgets["min_pixels"] if args.min_pixels is None else args.min_pixels
+        args.max_pixels = budgets["max_pixels"] if args.max_pixels is None else args.max_pixels
+    args.min_pixels = geometry.MIN_PIXELS if args.min_pixels is None else args.min_pixels
+    args.max_pixels = geometry.MAX_PIXELS if args.max_pixels is None else args.max_pixels
     names = {f.name for f in fields(EvalConfig)}
     cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in names})
     try:
         cfg.check()
-        bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root)
+        bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root, seed=cfg.seed, limit=cfg.limit)
         out = Path(cfg.out).expanduser()
         if not args.overwrite and out.is_dir():   # refuse a mismatched resume before loading weights
             name = cfg.model + (f" + {cfg.adapter}" if cfg.adapter else "")
@@ -84,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; finished items are in {cfg.out}/items.jsonl — rerun the same command to resume",
               file=sys.stderr)
         return 130
-    s = results["scores"]
+    s, g = results["scores"], results.get("grounding")
+    iou = "" if not g or g["mean_iou"] is None else f", mean IoU {g['mean_iou']:.3f} over {g['n_boxed']} boxes"
     print(f"{results['protocol']['benchmark']} {cfg.mode}: {100 * s['overall']:.1f}% "
-          f"over {s['n']} items → {cfg.out}/results.json, {cfg.out}/results.md")
+          f"over {s['n']} items{iou} → {cfg.out}/results.json, {cfg.out}/results.md")
     return 0
 
 

@@ -46,6 +46,11 @@ def markdown(results: dict) -> str:
         c = results["crop_only"]
         rows += [(f"crop-only accuracy, {c['n']} items with a valid crop (%)", pct(c["accuracy"])),
                  ("crop-only accuracy over all items (%)", pct(c["accuracy_all"]))]
+    if results.get("grounding"):
+        g = results["grounding"]
+        rows += [(f"mean IoU with the hidden box, {g['n_boxed']} items with a valid box", num(g["mean_iou"], 3)),
+                 ("mean IoU over all items (no box = 0)", num(g["mean_iou_all"], 3)),
+                 ("boxes with IoU ≥ 0.5 (% of all items)", pct(g["hit_rate"]))]
     lat = results["latency"]
     rows += [("mean visual tokens", num(b["mean_visual_tokens"], 0)),
              ("mean native visual tokens", num(b["mean_native_visual_tokens"], 0)),

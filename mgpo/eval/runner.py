@@ -64,7 +64,7 @@ class EvalError(RuntimeError):
 
 @dataclass
 class EvalConfig:
-    benchmark: str = "vstar"                  # vstar | hrbench | mme-realworld | jsonl
+    benchmark: str = "vstar"                  # vstar | hrbench | mme-realworld | jsonl | playground
     data: str = ""                            # the benchmark's file or folder
     out: str = "eval_out"                     # results folder (resumes when it exists)
     model: str = DEFAULT_MODEL                # Hub id or local directory
@@ -218,7 +218,10 @@ def unique_ids(items: Iterable[Item]) -> Iterator[Item]:
 # ----- one batch --------------------------------------------------------------------------------
 
 def _base_row(it: Item) -> dict:
-    return {"id": it.id, "question": it.question, "choices": it.choices, "answer": it.answer, "meta": it.meta}
+    row = {"id": it.id, "question": it.question, "choices": it.choices, "answer": it.answer, "meta": it.meta}
+    if it.gt_box is not None:     # hidden target box (original px), for the IoU in scoring
+        row["gt_box"] = list(it.gt_box)
+    return row
 
 
 def error_row(it: Item, message: str) -> dict:

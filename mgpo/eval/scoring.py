@@ -22,6 +22,9 @@ Benchmark scores:
 - MME-RealWorld: accuracy overall, per Task, per Task/Subtask and per Task/Subtask/Category with
   the official script's category key (lower-cased; ``…/attribute…`` folded to ``…/attribute``).
 - JSONL: accuracy overall and per ``category`` when the rows have one.
+- Playground: accuracy overall and per target colour; and, as for any rows that carry a hidden
+  ``gt_box``, the IoU of the first valid predicted box (``box_original``) with it
+  (:func:`grounding_scores`).
 """
 
 from __future__ import annotations
@@ -160,6 +163,32 @@ def crop_only_scores(rows: list[dict]) -> dict | None:
             "accuracy_all": correct / len(rows)}
 
 
+def iou(a, b) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (0.0 when either is empty)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def grounding_scores(rows: list[dict]) -> dict | None:
+    """IoU of the first valid box (original pixels) with the hidden ``gt_box`` — None when no
+    row has one. ``mean_iou`` is over the items that produced a valid box; ``mean_iou_all``
+    counts the others (and unreadable items) as 0; ``hit_rate`` is the share of all items with
+    IoU ≥ 0.5."""
+    marked = [r for r in rows if r.get("gt_box") is not None]
+    if not marked:
+        return None
+    ious = []
+    for r in marked:
+        box = next((b for b in (r.get("boxes") or []) if b.get("valid")), None)
+        ious.append(None if box is None else iou(box["box_original"], r["gt_box"]))
+    got = [v for v in ious if v is not None]
+    return {"n": len(marked), "n_boxed": len(got), "mean_iou": mean(got) if got else None,
+            "mean_iou_all": sum(got) / len(marked), "hit_rate": sum(v >= 0.5 for v in got) / len(marked)}
+
+
 def behaviour(rows: list[dict]) -> dict:
     """Valid-box ratio (turn-1 box, or the direct reply's box), turns, tokens — deterministic."""
     ok = [r for r in rows if not r.get("error")]
@@ -189,5 +218,6 @@ def score(benchmark: str, rows: list[dict]) -> dict:
         "errors": sum(1 for r in rows if r.get("error")),
         "behaviour": behaviour(rows),
         "crop_only": crop_only_scores(rows),
+        "grounding": grounding_scores(rows),
         "latency": latency(rows),
     }

@@ -1,0 +1,174 @@
+"""Supervised base-skill examples from playground scenes — what a pretrained VLM would bring.
+
+None of these is the MGPO task (question about a card's number → box); they are the abilities the
+task needs, taught on their own prompts (NOTES "Playground feasibility"):
+
+1. ``ground`` — grounding by name on the overview: *"Locate the red card in the image. Output the
+   coordinates of the red card in JSON format."* → Qwen's JSON ``bbox_2d`` block, in the model
+   frame of the overview as fed. The phrase "coordinates … in JSON format" is shared with MGPO's
+   turn-1 prompt ("Out the coordinates of the key image area relevant to the problem in JSON
+   format."): a base model trained on an unrelated wording gave 0 valid boxes under MGPO's. Any
+   card of the scene is named, not only the one a task question would ask about.
+2. ``read`` — reading a close-up: the crop of one card as turn 2 would feed it → ``\\boxed{7}``
+   (open form) or ``\\boxed{B}`` (four digits as choices).
+3. ``answer`` — direct answers from the overview to questions the overview *does* answer (which
+   colours the cards have, how many cards there are) → ``\\boxed{C}``. Without these, "an overview
+   always gets a box" is a shortcut that makes RL's result trivial.
+
+Coordinates are snapped to the world's lattice (multiples of 14 in the overview frame, half a
+visual token). Cards sit exactly on that lattice, so the snap is lossless here (IoU 1.0 with the
+card), and a small model learns 17 possible values per coordinate instead of 225 — the coarse
+frame NOTES lists as the first idea to try. A multiple-of-28 grid would be coarser still but
+cannot express a 42-px card: its boxes would be 28 px (invalid: sides must exceed 28) or 56 px
+(a crop 1.8× larger, the digit that much smaller).
+
+Every example is plain data (:class:`Example`): the user text with ``<image>`` where each image
+goes, the images as fed (already resized to their model frame with the playground budgets, so
+the processor leaves them as they are), and the assistant text to learn.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from .. import geometry
+from ..prompts import LETTERS, format_choices, split_image
+from .world import CHOICE_SETS, COLOURS, LATTICE, Budgets, Scene, make_scene, split_seeds
+
+SKILLS = ("ground", "read", "answer")
+
+GROUND_PROMPTS = {
+    "locate": "<image>Locate the {name} in the image. Output the coordinates of the {name} in JSON format.",
+    # closer to MGPO's turn-1 wording, for a curriculum; not used unless asked for
+    "where": ("<image>Question: Where is the {name}? Out the coordinates of the key image area relevant to "
+              "the problem in JSON format."),
+}
+READ_OPEN = "<image>What is the number on the card? Put the answer within \\boxed{}."
+READ_CHOICES = "<image>What is the number on the card?\n{choices}Answer with the option's letter within \\boxed{{}}."
+ANSWER = "<image>{question}\n{choices}Answer with the option's letter within \\boxed{{}}."
+
+
+@dataclass
+class Example:
+    """One supervised example: a user turn (text + images) and the assistant text to learn."""
+
+    skill: str                      # ground | read | answer
+    prompt: str                     # user text; "<image>" marks where each image goes
+    images: list[Image.Image]       # as fed: resized to their model frame (playground budgets)
+    target: str                     # the assistant's reply to learn
+    meta: dict = field(default_factory=dict)   # seed, names, boxes (frames said in the key)
+
+    def messages(self) -> list[dict]:
+        """Chat messages in the engine's format (``{"type": "image", "image": PIL}`` parts)."""
+        images = iter(self.images)
+        content = [{"type": "image", "image": next(images)} if part is None else {"type": "text", "text": part}
+                   for part in split_image(self.prompt)]
+        return [{"role": "user", "content": content},
+                {"role": "assistant", "content": [{"type": "text", "text": self.target}]}]
+
+
+def bbox_json(box, label: str) -> str:
+    """Qwen2.5-VL's grounding reply for one box (model-frame pixels)."""
+    obj = json.dumps({"bbox_2d": [int(v) for v in box], "label": label})
+    return f"```json\n[\n    {obj}\n]\n```"
+
+
+def snap(box, frame, step: int = LATTICE):
+    """A model-frame box rounded to multiples of ``step`` and kept inside ``frame``, ≥ one step wide."""
+    x1, y1, x2, y2 = (int(round(v / step)) * step for v in box)
+    x1, y1 = max(0, min(x1, frame[0] - step)), max(0, min(y1, frame[1] - step))
+    return x1, y1, max(x1 + step, min(x2, frame[0])), max(y1 + step, min(y2, frame[1]))
+
+
+def ground_examples(scene: Scene, budgets: Budgets = Budgets(), prompt: str = "locate") -> list[Example]:
+    """One grounding example per card of the scene, on the overview as fed."""
+    overview = geometry.prepare(scene.image, None, **budgets.engine())
+    out = []
+    for card in scene.layout.cards:
+        name = f"{card.colour} card"
+        # (x1, y1, x2, y2): original pixels → the overview's model frame, snapped to the lattice
+        box = snap(geometry.to_frame(card.box, overview.frame, overview.region), overview.frame)
+        out.append(Example("ground", GROUND_PROMPTS[prompt].format(name=name), [overview.image],
+                           bbox_json(box, name),
+                           {"seed": scene.seed, "name": name, "box_model": list(box), "frame": list(overview.frame),
+                            "box_original": list(card.box)}))
+    return out
+
+
+def read_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets(), jitter: int = 0) -> list[Example]:
+    """One reading example per card: its crop as turn 2 feeds it (box shifted by up to
+    ``jitter`` original pixels), the open or the four-choice form at random."""
+    out = []
+    size = scene.image.width
+    for card in scene.layout.cards:
+        dx, dy = rng.randint(-jitter, jitter), rng.randint(-jitter, jitter)
+        x1, y1, x2, y2 = card.box
+        dx = max(-x1, min(dx, size - x2))
+        dy = max(-y1, min(dy, size - y2))
+        region = (x1 + dx, y1 + dy, x2 + dx, y2 + dy)
+        crop = geometry.prepare(scene.image, region, **budgets.engine())
+        meta = {"seed": scene.seed, "name": f"{card.colour} card", "digit": card.digit, "region": list(region)}
+        if rng.random() < 0.5:
+            out.append(Example("read", READ_OPEN, [crop.image], f"\\boxed{{{card.digit}}}", meta))
+        else:
+            choices = list(rng.choice([s for s in CHOICE_SETS if card.digit in s]))
+            rng.shuffle(choices)
+            letter = LETTERS[choices.index(card.digit)]
+            out.append(Example("read", READ_CHOICES.format(choices=format_choices(choices)), [crop.image],
+                               f"\\boxed{{{letter}}}", {**meta, "choices": choices, "answer": letter}))
+    return out
+
+
+def answer_example(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()) -> Example:
+    """A question the overview answers (card colours or count), answered directly."""
+    overview = geometry.prepare(scene.image, None, **budgets.engine())
+    present = [c.colour for c in scene.layout.cards]
+    absent = [c for c in sorted(COLOURS) if c not in present]
+    if len(absent) >= 3 and rng.random() < 0.5:
+        question = "Which of these colours does one of the cards in the image have?"
+        choices = [rng.choice(present), *rng.sample(absent, 3)]
+        right = choices[0]
+    else:
+        n = len(present)
+        question = "How many cards are in the image?"
+        lo = rng.randint(max(1, n - 3), n)
+        choices = [str(k) for k in range(lo, lo + 4)]
+        right = str(n)
+    rng.shuffle(choices)
+    letter = LETTERS[choices.index(right)]
+    return Example("answer", ANSWER.format(question=question, choices=format_choices(choices)), [overview.image],
+                   f"\\boxed{{{letter}}}", {"seed": scene.seed, "question": question, "choices": choices,
+                                            "answer": letter})
+
+
+def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str] = SKILLS, simple: float = 0.3,
+                   prompt: str = "locate", jitter: int = 0) -> list[Example]:
+    """Every example one scene gives: a grounding and a reading example per card and one direct
+    answer. With probability ``simple`` the scene is a plain layout (no clutter) — an easier
+    start for grounding."""
+    skills = tuple(skills)
+    unknown = [s for s in skills if s not in SKILLS]
+    if unknown:
+        raise ValueError(f"unknown skill(s) {', '.join(unknown)}; choose from {', '.join(SKILLS)}")
+    rng = random.Random(f"skills:{seed}")
+    scene = make_scene(seed, budgets=budgets, clutter=0.0 if rng.random() < simple else 1.0)
+    out: list[Example] = []
+    if "ground" in skills:
+        out += ground_examples(scene, budgets, prompt)
+    if "read" in skills:
+        out += read_examples(scene, rng, budgets, jitter)
+    if "answer" in skills:
+        out.append(answer_example(scene, rng, budgets))
+    return out
+
+
+def skill_examples(n_scenes: int, start: int = 0, split: str = "skills", **kw) -> Iterator[Example]:
+    """Examples from ``n_scenes`` scenes of ``split`` (default: the base-skill seed range, which
+    neither RL nor evaluation uses)."""
+    for seed in split_seeds(split, n_scenes, start):
+        yield from scene_examples(seed, **kw)

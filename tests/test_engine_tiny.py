@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mgpo.engine import Engine, EngineConfig, Request
+from mgpo.forced import ForcedBackend
 from mgpo.generation import QwenBackend
 from mgpo.rows import Sampling
 
@@ -12,36 +13,11 @@ from conftest import BOX_TEXT, noise_image
 BOX = BOX_TEXT % (112, 84, 448, 364)   # valid in the 1148×868 frame of a 1600×1200 image
 
 
-class ForcedBackend(QwenBackend):
-    """The real model and decode loop, with turn-1 tokens forced to a script (so a random model
-    "emits" a valid box). Log-probs are still the model's own for the forced tokens. Every row
-    of a forced turn follows the same script, so they all stay active until it ends."""
-
-    def __init__(self, *a, script: str = BOX, **kw):
-        super().__init__(*a, **kw)
-        self.script = self.tok(script, add_special_tokens=False)["input_ids"]
-        self.step = {}
-
-    def generate(self, convs, rows, sampling, stop_on_box=frozenset()):
-        self._rows, self._forcing = list(rows), set(stop_on_box)
-        self.step = {r: 0 for r in rows}
-        return super().generate(convs, rows, sampling, stop_on_box)
-
-    def _pick(self, logits, s, gen):
-        ids, lps = super()._pick(logits, s, gen)
-        active = self._rows
-        logp = torch.log_softmax(logits / (s.temperature if s.temperature > 0 else 1.0), -1)
-        for i, r in enumerate(active):
-            if r in self._forcing and self.step[r] < len(self.script):
-                ids[i] = self.script[self.step[r]]
-                lps[i] = logp[i, ids[i]]
-            self.step[r] += 1
-        return ids, lps
-
-
 def engine_for(loaded, forced=True, kv_reuse=True, **cfg):
-    cls = ForcedBackend if forced else QwenBackend
-    backend = cls(loaded.model, loaded.processor, kv_reuse=kv_reuse)
+    if forced:   # the real model with turn 1 forced to BOX, so the crop path runs
+        backend = ForcedBackend(loaded.model, loaded.processor, script=BOX, kv_reuse=kv_reuse)
+    else:
+        backend = QwenBackend(loaded.model, loaded.processor, kv_reuse=kv_reuse)
     return Engine(backend, EngineConfig(max_new_tokens=cfg.pop("max_new_tokens", 100), **cfg))
 
 
@@ -206,3 +182,19 @@ def test_three_turn_run_on_the_real_model(tiny_loaded):
     events = list(engine_for(tiny_loaded, max_turns=3).run(noise_image(1600, 1200), "What?"))
     assert [e.kind for e in events if e.type == "turn_started"][:2] == ["grounding", "refine"]
     assert events[-1].type == "final"
+
+
+def test_forced_answer_lengths_keep_the_models_own_logprobs(tiny_loaded):
+    """ForcedBackend(answer_tokens=n): every answer turn has exactly n tokens (EOS masked, then
+    forced last); the recorded log-probs are still the unmasked policy's, as a full forward gives."""
+    backend = ForcedBackend(tiny_loaded.model, tiny_loaded.processor, script=BOX, answer_tokens=7)
+    sampling = Sampling(temperature=1.0, max_new_tokens=100, seed=3)
+    rollouts = Engine(backend).rollout([Request(noise_image(1600, 1200), "Where?")], group_size=2, sampling=sampling)
+    eos = tiny_loaded.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for rollout in rollouts:
+        assert rollout.kinds == ["grounding", "crop"] and rollout.texts[0] == BOX
+        policy = [t for t, m in zip(rollout.token_ids, rollout.loss_mask) if m]
+        turn2 = policy[len(policy) - 7:]
+        assert len(policy) == len(backend.script) + 7 and turn2[-1] == eos and eos not in turn2[:-1]
+        lp, seen, _, _ = hf_forward_logprobs(tiny_loaded, rollout)
+        torch.testing.assert_close(seen, lp, atol=2e-5, rtol=0)

@@ -1,0 +1,87 @@
+"""A real-model backend whose turn lengths and turn-1 text are scripted (tests and the benchmark).
+
+Random weights never write a usable box, so the MGPO crop path (turn 2 on a crop of the
+original) is never reached with them, and they stop at EOS at random. :class:`ForcedBackend`
+runs the real model, the real prefill / KV cache / decode loop of
+:class:`mgpo.generation.QwenBackend`, and only overrides the choice of the next token:
+
+- grounding rows (those the engine asks to stop on a box) follow ``script`` token by token —
+  e.g. a prose prefix and a fenced ``json`` box, so turn 1 ends with ``stop == "box"``;
+- answer rows (every other row), with ``answer_tokens=n``, write n tokens: n − 1 sampled ones
+  with EOS masked, then EOS — so every answer turn has exactly n new tokens;
+- ``mask_eos=True`` (implied by ``answer_tokens``) masks EOS on every sampled token, so a turn
+  without a forced end runs to ``max_new_tokens``.
+
+The log-prob recorded for every token, forced or sampled with EOS masked, is the unmasked
+policy's own ``log_softmax(logits / T)[token]`` — what :meth:`QwenBackend._pick` records — so
+rollouts stay exact training data (tests check it against a full forward). The decode loop
+stops a row on its own (EOS, length, a complete box); :meth:`ForcedBackend._advance` applies
+the same rules to know which rows the next call's logits belong to.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .generation import QwenBackend
+from .parsing import complete_fenced_box
+
+
+class ForcedBackend(QwenBackend):
+    """:class:`QwenBackend` with scripted grounding text and fixed answer lengths."""
+
+    def __init__(self, model, processor, *, script: str | None = None, answer_tokens: int | None = None,
+                 mask_eos: bool = False, kv_reuse: bool = True):
+        super().__init__(model, processor, kv_reuse=kv_reuse)
+        if answer_tokens is not None and answer_tokens < 1:
+            raise ValueError("answer_tokens must be at least 1")
+        self.script = self.tok(script, add_special_tokens=False)["input_ids"] if script else []
+        self.answer_tokens = answer_tokens
+        self.mask_eos = mask_eos or answer_tokens is not None
+        self._active: list[int] = []          # rows that get a token at the next _pick, in order
+        self._ids: dict[int, list[int]] = {}  # row → token ids of this turn so far
+        self._grounding: set[int] = set()
+        self._max_new = 0
+
+    def generate(self, convs, rows, sampling, stop_on_box=frozenset()):
+        self._active = list(rows)
+        self._ids = {r: [] for r in rows}
+        self._grounding = set(stop_on_box)
+        self._max_new = sampling.max_new_tokens
+        return super().generate(convs, rows, sampling, stop_on_box)
+
+    def _pick(self, logits, s, gen):
+        # logits: (len(active), V) float, one row per active conversation row, in self._active order
+        sample_from = logits
+        if self.mask_eos:
+            sample_from = logits.clone()
+            sample_from[:, self.eos_ids] = float("-inf")
+        ids, lps = super()._pick(sample_from, s, gen)
+        changed = self.mask_eos
+        for i, r in enumerate(self._active):
+            step = len(self._ids[r])
+            if r in self._grounding and step < len(self.script):
+                ids[i], changed = self.script[step], True
+            elif r not in self._grounding and self.answer_tokens is not None and step + 1 >= self.answer_tokens:
+                ids[i], changed = self.im_end_id, True
+        if changed:   # the policy's own log-probs (EOS unmasked), as QwenBackend._pick records them
+            scaled = logits / s.temperature if s.temperature > 0 else logits
+            lps = torch.log_softmax(scaled, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        self._advance(ids.tolist())
+        return ids, lps
+
+    def _advance(self, ids: list[int]) -> None:
+        """Drop the rows the decode loop is about to stop (same rules as QwenBackend._generate)."""
+        still = []
+        for r, tid in zip(self._active, ids):
+            turn = self._ids[r]
+            turn.append(tid)
+            if tid in self.eos_ids or len(turn) >= self._max_new:
+                continue
+            if r in self._grounding and "`" in self.tok.decode([tid]):
+                text = self.tok.decode(turn, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                if complete_fenced_box(text) is not None:
+                    continue
+            still.append(r)
+        self._active = still
+

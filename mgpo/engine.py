@@ -23,6 +23,7 @@ Turn logic (``mode="mgpo"``, ``max_turns`` = N ≥ 2):
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from .parsing import answer_letter, extract_boxed, parse_bbox
 from .prompts import LETTERS, get_prompts, render, split_image
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+_CONTROL = re.compile(r"<\|[A-Za-z_]+\|>")  # Qwen's special tokens: <|im_end|>, <|image_pad|>, …
 MODES = ("mgpo", "direct")
 
 
@@ -276,6 +278,7 @@ class Engine:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty: type a question about the image")
         q = question.strip()
+        Engine._check_control(q, "question")
         if len(q) > cfg.max_question_chars:
             raise InputError(f"the question is {len(q):,} characters long; the limit is {cfg.max_question_chars:,}")
         return q
@@ -287,9 +290,17 @@ class Engine:
         if isinstance(choices, str):
             choices = [c for c in choices.splitlines()]
         out = [str(c).strip() for c in choices if str(c).strip()]
+        for c in out:
+            Engine._check_control(c, "answer choice")
         if len(out) > len(LETTERS):
             raise InputError(f"{len(out)} answer choices; at most {len(LETTERS)} are supported")
         return out or None
+
+    @staticmethod
+    def _check_control(text: str, what: str) -> None:
+        m = _CONTROL.search(text)
+        if m:
+            raise InputError(f"the {what} contains '{m.group()}', one of the model's control tokens; remove it")
 
     def _user_message(self, text: str, img: geometry.Prepared) -> dict:
         content = []

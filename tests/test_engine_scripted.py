@@ -153,7 +153,8 @@ def test_json_view_of_every_event():
 @pytest.mark.parametrize(
     "question, choices, match",
     [("", None, "empty"), ("   \n", None, "empty"), ("x" * 5000, None, "limit"), (None, None, "empty"),
-     ("ok", [str(i) for i in range(27)], "at most 26")],
+     ("ok", [str(i) for i in range(27)], "at most 26"),
+     ("What is <|image_pad|> here?", None, "control tokens"), ("q", ["a", "b<|im_end|>"], "control tokens")],
 )
 def test_bad_requests_get_clear_errors(question, choices, match):
     engine = Engine(ScriptedBackend(["\\boxed{A}"]))

@@ -1,0 +1,138 @@
+"""train.playground: the playground recipe (base skills → MGPO RL → eval).
+
+Fast tests check the pieces on the tiny model; the slow one runs the CPU-sized recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from train import playground as pg
+
+
+@pytest.fixture(scope="module")
+def examples():
+    from mgpo.playground.skills import scene_examples
+
+    ex = scene_examples(3, prompt="where")
+    by = {e.skill: e for e in ex}
+    assert set(by) == {"ground", "read", "answer"}
+    return by
+
+
+def test_example_sequence_is_the_engine_prompt_plus_the_target(tiny_loaded, examples):
+    from mgpo.generation import QwenBackend
+
+    backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
+    system = pg.skill_system_prompt("mgpo")
+    for ex in examples.values():
+        seq = pg.example_sequence(backend, ex, system)
+        prompt = backend.start([[{"role": "system", "content": [{"type": "text", "text": system}]},
+                                 ex.messages()[0]]]).rows[0]
+        n = len(prompt.tokens)
+        # the prefix is exactly what the engine would feed; only the appended reply is policy
+        assert seq.token_ids[:n] == prompt.tokens and seq.positions[:n] == prompt.positions
+        assert seq.loss_mask == [0] * n + [1] * (len(seq.token_ids) - n)
+        reply = seq.token_ids[n:]
+        assert reply[-1] == backend.im_end_id
+        assert backend.tok.decode(reply[:-1]) == ex.target
+        # positions continue the running text position after the image
+        assert seq.positions[n] == (prompt.next_pos,) * 3
+        image_tokens = sum(t == backend.image_token_id for t in seq.token_ids)
+        assert image_tokens == sum(img.tokens for img in seq.images) == 64   # the 224² overview or crop
+
+
+def test_default_system_prompt_is_the_chat_templates(tiny_loaded, examples):
+    from mgpo.generation import QwenBackend
+
+    backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
+    seq = pg.example_sequence(backend, examples["read"], pg.skill_system_prompt("default"))
+    text = backend.tok.decode(seq.token_ids)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    assert "Given an image and one question" in backend.tok.decode(
+        pg.example_sequence(backend, examples["read"], pg.skill_system_prompt("mgpo")).token_ids)
+
+
+def test_sft_loss_is_the_target_token_nll_and_it_decreases(tiny_loaded, examples):
+    from mgpo.generation import QwenBackend
+
+    model = copy.deepcopy(tiny_loaded.model)
+    backend = QwenBackend(model, tiny_loaded.processor)
+    seqs = [pg.example_sequence(backend, ex, None, k) for k, ex in enumerate(examples.values())]
+    core = backend.core
+    loss, per_row = pg.sft_loss(core, backend, seqs)
+    # the same number from a plain full forward (logits of every position), target tokens only
+    with torch.no_grad():
+        for seq, row_loss in zip(seqs, per_row.tolist()):
+            from train.logprobs import collate
+
+            b = collate([seq], backend.pad_id, core.config.image_token_id, "cpu")
+            logits = core(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                          pixel_values=b.pixel_values, image_grid_thw=b.image_grid_thw,
+                          mm_token_type_ids=b.mm_token_type_ids).logits[0].float()
+            lp = torch.log_softmax(logits[:-1], -1).gather(-1, b.input_ids[0, 1:, None])[:, 0]
+            mask = b.loss_mask[0, 1:].bool()
+            assert abs(-lp[mask].mean().item() - row_loss) < 1e-4
+    core.requires_grad_(True)
+    opt = torch.optim.AdamW(core.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(10):
+        loss, _ = pg.sft_loss(core, backend, seqs)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_rl_data_has_questions_and_answers_but_no_boxes(tmp_path):
+    from mgpo.playground.world import SPLITS, make_scene
+    from train.data import load_items
+
+    path = pg.write_rl_data(tmp_path, 2)
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(recs) == 2
+    for rec in recs:
+        seed = int(rec["id"].split("-")[1])
+        assert SPLITS["train"][0] <= seed < SPLITS["train"][1]
+        scene = make_scene(seed)
+        assert (rec["question"], rec["choices"], rec["answer"]) == (scene.question, scene.choices, scene.answer)
+        assert set(rec) == {"image", "question", "choices", "answer", "id"}     # no ground-truth box
+    items, report = load_items(str(path))
+    assert len(items) == 2 and report.n_skipped == 0
+
+
+def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
+    from mgpo.playground.world import Budgets
+
+    cfg = pg.RecipeConfig.for_size("cpu")
+    tc = pg.rl_config(cfg, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check()
+    assert tc.mode == "mgpo" and tc.max_turns == 2 and tc.rewards == {"accuracy": 1.0}
+    assert (tc.min_pixels, tc.max_pixels) == (Budgets().engine()["min_pixels"], Budgets().engine()["max_pixels"])
+    assert tc.temperature == 1.0 and tc.steps == cfg.rl_steps
+
+
+def test_bad_settings_are_clear_errors(capsys):
+    with pytest.raises(ValueError, match="unknown size"):
+        pg.RecipeConfig.for_size("tpu")
+    with pytest.raises(ValueError, match="unknown stage"):
+        pg.RecipeConfig(stages="model,dance").check()
+    with pytest.raises(ValueError, match="skill_prompt"):
+        pg.RecipeConfig(skill_prompt="nope").check()
+    assert pg.main(["--out", "/tmp/x", "--group-size", "0"]) == 2
+    assert "group_size must be at least 1" in capsys.readouterr().err
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def test_a_stage_without_its_input_is_a_clear_error(tmp_path, capsys):
+    assert pg.main(["--out", str(tmp_path / "pg"), "--stages", "rl"]) == 2
+    assert "no base-skills checkpoint" in capsys.readouterr().err
+    assert pg.main(["--out", str(tmp_path / "pg"), "--stages", "skills"]) == 2
+    assert "holds no checkpoint" in capsys.readouterr().err

@@ -147,3 +147,16 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "train", "--steps", "0", "--data", "x"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "steps must be at least 1" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_an_answer_given_as_a_choice_text_is_read_as_by_the_evaluator(tmp_path):
+    """Training and evaluation read the project's JSONL with one answer rule."""
+    from mgpo.eval.datasets import read_jsonl
+
+    _images(tmp_path / "imgs", 1)
+    row = {"image": "imgs/0.png", "question": "Colour?", "choices": ["(A) red", "(B) blue"], "answer": "blue"}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    items, report = load_items(str(path))
+    assert report.kept == 1 and items[0].answer == "B"
+    assert next(read_jsonl(path)).answer == "B"

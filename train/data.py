@@ -27,8 +27,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mgpo.parsing import answer_letter
-from mgpo.prompts import LETTERS
+from mgpo.eval.datasets import DataError as EvalDataError
+from mgpo.eval.datasets import answer_to_letter
+from mgpo.prompts import LETTERS, strip_letter
 
 FIELDS = ("image", "question", "choices", "answer", "id")
 MAX_QUESTION_CHARS = 4000   # the engine refuses longer questions (EngineConfig.max_question_chars)
@@ -101,11 +102,11 @@ def _check(rec: dict, where: str, report: Report, resolve) -> Item | None:
         return None
     answer = str(answer).strip()
     if choices:
-        letter = answer_letter(answer, len(choices))
-        if letter is None:
+        try:
+            answer = answer_to_letter(answer, [strip_letter(c, LETTERS[i]) for i, c in enumerate(choices)], where)
+        except EvalDataError:
             report.skip("bad answer", where)
             return None
-        answer = letter
     image = resolve(rec["image"])
     if image is None:
         report.skip("image not found", where)

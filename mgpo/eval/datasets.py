@@ -131,6 +131,21 @@ def _letter(value, n: int, where: str) -> str:
     return m.group(1).upper()
 
 
+def answer_to_letter(answer, choices: list[str], where: str) -> str:
+    """The ground-truth letter of a record whose ``answer`` is a letter (``"B"``, ``"(b)"``) or
+    the text of one of ``choices``; a letter wins. The one rule for the project's JSONL, used by
+    the evaluator and the trainer alike."""
+    answer = str(answer).strip()
+    try:
+        return _letter(answer, len(choices), where)
+    except DataError:
+        matches = [i for i, c in enumerate(choices) if c.strip().lower() == answer.lower()]
+        if not matches:
+            raise DataError(f"{where}: answer {answer!r} is neither a letter within "
+                            f"{LETTERS[:len(choices)]} nor the text of a choice") from None
+        return LETTERS[matches[0]]
+
+
 def _clean_choices(raw, where: str) -> list[str]:
     if not isinstance(raw, (list, tuple)) or not raw:
         raise DataError(f"{where}: the choices must be a non-empty list")
@@ -431,15 +446,7 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> Iterator[Item]:
             if key not in row:
                 raise DataError(f"{where}: missing field {key!r}")
         choices = _clean_choices(row["choices"], where)
-        answer = str(row["answer"]).strip()
-        matches = [i for i, c in enumerate(choices) if c.strip().lower() == answer.lower()]
-        try:
-            letter = _letter(answer, len(choices), where)   # a letter wins over a choice's text
-        except DataError:
-            if not matches:
-                raise DataError(f"{where}: answer {answer!r} is neither a letter within "
-                                f"{LETTERS[:len(choices)]} nor the text of a choice") from None
-            letter = LETTERS[matches[0]]
+        letter = answer_to_letter(row["answer"], choices, where)
         meta = {"category": str(row["category"])} if row.get("category") is not None else {}
         yield Item(str(row.get("id", n)), _question(row["question"], where), choices, letter,
                    base / str(row["image"]), meta)

@@ -28,32 +28,16 @@ SHAPES_TINY = dict(
 def build(shapes: dict, device: str, dtype, min_pixels: int, max_pixels: int):
     """A random-weight Qwen2.5-VL of the given shapes, with processor, as :class:`mgpo.model.Loaded`."""
     import torch
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from mgpo.model import Loaded
-    from mgpo.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
+    from mgpo.tiny import build_processor, build_tokenizer, qwen_config
 
     tok = build_tokenizer()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(shapes["text"])
-    mrope = text.pop("mrope")
-    config = Qwen2_5_VLConfig(
-        text_config=dict(**text, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False),
-        vision_config=dict(**shapes["vision"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                           window_size=112, hidden_act="silu"),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+    config = qwen_config(tok, shapes["text"], shapes["vision"])
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
     model.eval()
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels), tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE)
+    processor = build_processor(tok, min_pixels, max_pixels)
     return Loaded(model, processor, "random Qwen2.5-VL", None, device, dtype)

@@ -76,6 +76,38 @@ def build_tokenizer():
     return tok
 
 
+def qwen_config(tok, text: dict, vision: dict):
+    """A ``Qwen2_5_VLConfig`` for ``tok``'s special-token ids. ``text``: the text model's sizes
+    plus ``mrope`` (sums to head_dim / 2, like 7B's [16, 24, 24]); ``vision``: the vision tower's
+    sizes. The rest follows Qwen2.5-VL-7B-Instruct's published config."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(text)
+    mrope = text.pop("mrope")
+    return Qwen2_5_VLConfig(
+        text_config=dict(**text, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False),
+        vision_config=dict(**vision, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           window_size=112, hidden_act="silu"),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def build_processor(tok, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS):
+    """Qwen2.5-VL's processor around ``tok`` with the given pixel limits and chat template."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels),
+        tokenizer=tok, video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE,
+    )
+
+
 def build(
     out_dir: str | Path,
     seed: int = 0,
@@ -88,13 +120,7 @@ def build(
 ) -> Path:
     """Write a tiny Qwen2.5-VL checkpoint to ``out_dir`` and return the path."""
     import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,58 +128,22 @@ def build(
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab_size = len(tok)
     vocab_size += (-vocab_size) % 16  # round up, as real checkpoints pad their embedding tables
-
     heads = 4
-    head_dim = hidden // heads
-    half = head_dim // 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]  # sums to head_dim / 2, like [16, 24, 24]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-            tie_word_embeddings=False,
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden,
-            intermediate_size=vision_hidden * 2,
-            num_heads=2,
-            out_hidden_size=hidden,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
-            fullatt_block_indexes=[vision_depth - 1],
-        ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+    half = hidden // heads // 2
+    config = qwen_config(
+        tok,
+        text=dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                  num_attention_heads=heads, num_key_value_heads=2,
+                  mrope=[half - 2 * (half // 3), half // 3, half // 3]),
+        vision=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_heads=2,
+                    out_hidden_size=hidden, fullatt_block_indexes=[vision_depth - 1]),
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out)
-
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out)
+    build_processor(tok, min_pixels, max_pixels).save_pretrained(out)
     (out / "README.md").write_text(
         "# tiny random Qwen2.5-VL\n\nBuilt by `python -m mgpo.tiny` "
         f"(seed {seed}, {layers} text layers, hidden {hidden}). Random weights: for tests and offline "

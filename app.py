@@ -367,7 +367,9 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
         clear = gr.on([run_btn.click, question.submit], _reset, outputs=outputs, queue=False, api_name=False)
         event = clear.then(run, inputs=inputs, outputs=outputs, api_name="run",
                            concurrency_limit=concurrency, concurrency_id="model")
-        stop_btn.click(lambda: "Stopped.", outputs=[status], cancels=[event], queue=False, api_name="stop")
+        # cancel first, then say so: a status update still in flight from the run cannot overwrite it
+        stop_btn.click(None, cancels=[event], queue=False).then(
+            lambda: "Stopped.", outputs=[status], queue=False, api_name="stop")
         load_btn.click(load_adapter, inputs=[adapter_box], outputs=[adapter_state, header, adapter_status],
                        api_name="load_adapter", concurrency_limit=concurrency, concurrency_id="model")
         base_btn.click(base_model, outputs=[adapter_state, header, adapter_status], api_name="base_model", queue=False)

@@ -3,17 +3,21 @@
 The page streams every event of :meth:`mgpo.engine.Engine.run`: turn 1's reasoning and JSON box,
 the region cut from the full-resolution original (drawn on the image, and shown at the size it is
 fed to the model), turn 2's answer, and what each turn cost in visual tokens and seconds. "Compare"
-runs the paper's single-turn baseline (no zoom) on the same input. This module only maps engine
-events to Gradio components; :class:`Runner` is the one place that calls the model.
+runs the paper's single-turn baseline (no zoom) on the same input. The Playground tab (when a
+playground release is found, ``examples/playground`` by default) runs the small model trained on
+the generated playground world, before and after MGPO RL, on held-out scenes, and shows its box
+against the hidden ground truth. This module only maps engine events to Gradio components;
+:class:`Runner` is the one place that calls a model.
 
     python app.py                                   # Qwen/Qwen2.5-VL-7B-Instruct on a GPU
     python app.py --adapter user/mgpo-lora          # with a LoRA adapter (Hub id or folder)
     python -m mgpo.tiny /tmp/tiny && python app.py --model /tmp/tiny   # try the page, no weights
                                                     # (a random model: its answers are noise)
+    python app.py --playground runs/playground/release   # another playground release ("off": no tab)
 
 Settings also come from the environment (for a Space): MGPO_MODEL, MGPO_ADAPTER, MGPO_HOST /
 GRADIO_SERVER_NAME, MGPO_PORT / GRADIO_SERVER_PORT, MGPO_SHARE, MGPO_QUEUE_SIZE, MGPO_CONCURRENCY,
-MGPO_GPU_SECONDS.
+MGPO_GPU_SECONDS, MGPO_PLAYGROUND.
 """
 
 from __future__ import annotations
@@ -27,18 +31,24 @@ import argparse
 import json
 import logging
 import os
+import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
-from mgpo.engine import DEFAULT_MODEL, Engine, InputError
+from mgpo.engine import DEFAULT_MODEL, Engine, EngineConfig, InputError
+from mgpo.eval.scoring import iou
 from mgpo.geometry import MAX_PIXELS, MIN_PIXELS
 from mgpo.images import ImageError, load_image
 from mgpo.model import ModelLoadError
+from mgpo.playground.release import DEFAULT_RELEASE, Release, ReleaseError, draw_boxes, summary_markdown
+from mgpo.playground.world import SPLITS, Budgets, make_scene, split_of, split_seeds
 from mgpo.prompts import LETTERS
 from mgpo.transcript import Transcript
 
@@ -61,6 +71,7 @@ class AppConfig:
     queue_size: int = 16            # requests waiting beyond this are told the queue is full
     concurrency: int = 1            # model runs at a time (one model, one GPU)
     gpu_seconds: int = 120          # ZeroGPU duration of one request
+    playground: str | None = None   # playground release folder; None: examples/playground if present; "off": none
 
 
 def _env_flag(value: str | None) -> bool:
@@ -85,8 +96,12 @@ def parse_args(argv: list[str] | None = None, environ: dict | None = None) -> Ap
                    help="model runs at a time (env MGPO_CONCURRENCY; default 1)")
     p.add_argument("--gpu-seconds", type=int, default=int(env.get("MGPO_GPU_SECONDS", d.gpu_seconds)),
                    help="ZeroGPU time per request on a Space (env MGPO_GPU_SECONDS)")
+    p.add_argument("--playground", default=env.get("MGPO_PLAYGROUND") or None, metavar="DIR",
+                   help="playground release for the Playground tab (default: examples/playground when present; "
+                        "'off': no tab; env MGPO_PLAYGROUND)")
     a = p.parse_args(argv)
-    return AppConfig(a.model, a.adapter, a.host, a.port, a.share, a.queue_size, a.concurrency, a.gpu_seconds)
+    return AppConfig(a.model, a.adapter, a.host, a.port, a.share, a.queue_size, a.concurrency, a.gpu_seconds,
+                     a.playground)
 
 
 @dataclass
@@ -204,6 +219,61 @@ class Runner:
                 stream.close()   # a stopped request stops generating here
 
 
+class PlaygroundModel:
+    """The playground release's model for the Playground tab, loaded on first use: the base-skills
+    checkpoint with the playground's pixel budgets, and every RL checkpoint's LoRA adapter on it
+    (:class:`Adapters`), switched per run. Runs go through a :class:`Runner`, as the Ask tab's do."""
+
+    SETTINGS = Settings(max_turns=2, temperature=0.0, max_new_tokens=96, **Budgets().engine())   # every run's
+
+    def __init__(self, release: Release, engine: Engine | None = None, gpu_seconds: int = 120):
+        self.release = release                  # ``engine``: a prepared one (tests); else loaded on first use
+        self.gpu_seconds = gpu_seconds
+        self._runner = Runner(engine, gpu_seconds=gpu_seconds) if engine is not None else None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def config(cls) -> EngineConfig:
+        return EngineConfig(max_turns=cls.SETTINGS.max_turns, **cls.SETTINGS.overrides())
+
+    @property
+    def runner(self) -> Runner:
+        with self._lock:
+            if self._runner is None:
+                log.info("loading the playground model %s", self.release.model)
+                runner = Runner(Engine.from_pretrained(str(self.release.model), config=self.config()),
+                                gpu_seconds=self.gpu_seconds)
+                for c in self.release.checkpoints:
+                    if c.adapter is not None:
+                        runner.adapters.load(str(c.adapter))
+                self._runner = runner
+        return self._runner
+
+    def events(self, scene, checkpoint: str):
+        """``(run, event)`` of an MGPO run on ``scene`` with the checkpoint named ``checkpoint``;
+        loading the model or the adapter happens on the first ``next`` (and may raise there)."""
+        adapter = self.release.checkpoint(checkpoint).adapter
+        yield from self.runner.events(scene.image, scene.question, scene.choices, self.SETTINGS, False,
+                                      str(adapter) if adapter else None)
+
+
+def load_playground(folder: str | None) -> Release | ReleaseError | None:
+    """The release for the Playground tab: ``folder``, or ``examples/playground`` when it exists;
+    None (no tab) without one or for "off". A release that does not load comes back as its
+    :class:`ReleaseError`, which the tab shows in place of the playground."""
+    if folder and folder.strip().lower() in ("off", "none", "no", "0"):
+        return None
+    if not folder:
+        if not DEFAULT_RELEASE.exists():
+            return None
+        folder = str(DEFAULT_RELEASE)
+    try:
+        return Release.load(folder)
+    except ReleaseError as e:
+        log.error("playground release: %s", e)
+        return e
+
+
 # ----- the page --------------------------------------------------------------------------------
 
 
@@ -253,12 +323,45 @@ CSS = """
 THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="pink")
 
 
+ALL_PARTS = frozenset({"chat", "boxes", "crops", "answer", "stats"})
+
+
+def follow(view: Transcript, stream, update_every: float):
+    """Apply a run's ``(run, event)`` stream to ``view`` and yield the set of page parts to
+    refresh: at once for a box, a crop or an answer, at most every ``update_every`` seconds while
+    only the text grows; the last set holds every part plus ``"done"`` (``view.status`` then says
+    "Done in …"). A refused or failed run yields its message (a ``str``) instead and ends. Both
+    tabs stream through this loop."""
+    t0, last, pending = time.perf_counter(), 0.0, {"boxes"}   # the first update shows the image
+    try:
+        for run_name, event in stream:
+            pending |= view.apply(run_name, event)
+            if pending == {"chat"} and time.perf_counter() - last < update_every:
+                continue
+            yield pending
+            last, pending = time.perf_counter(), set()
+    except (InputError, ImageError, ModelLoadError, ReleaseError) as e:   # the request was refused
+        yield str(e)
+    except Exception as e:                                                  # never a traceback on the page
+        log.exception("model run failed")
+        yield f"The model run failed ({type(e).__name__}: {str(e)[:300]}). Try again, or with other settings."
+    else:
+        view.status = f"Done in {time.perf_counter() - t0:.1f} s."
+        yield ALL_PARTS | {"done"}
+    finally:
+        stream.close()
+
+
 def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, queue_size: int = 16,
-               concurrency: int = 1, update_every: float = 0.08) -> gr.Blocks:
+               concurrency: int = 1, update_every: float = 0.08,
+               playground: Release | PlaygroundModel | ReleaseError | None = None) -> gr.Blocks:
     """The Blocks app for ``engine`` (or a prepared :class:`Runner`). ``update_every`` (seconds)
-    limits how often streamed text alone refreshes the page; every other change is sent at once."""
+    limits how often streamed text alone refreshes the page; every other change is sent at once.
+    ``playground`` adds the Playground tab (a :class:`ReleaseError`: the tab says what is wrong)."""
     runner = engine if isinstance(engine, Runner) else Runner(engine)
     examples = load_examples() if examples is None else examples
+    if isinstance(playground, Release):
+        playground = PlaygroundModel(playground)
 
     def run(image_path, question, choices, max_turns, compare, min_pixels, max_pixels, temperature,
             max_new_tokens, box_rule, adapter):
@@ -270,26 +373,13 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
             yield _refusal(str(e))
             return
         view = Transcript(original, question or "", _choice_list(choices))
-        stream = runner.events(original, question, choices, settings, bool(compare), adapter)
-        t0, last, pending = time.perf_counter(), 0.0, {"boxes"}   # the first update shows the image
+        updates = follow(view, runner.events(original, question, choices, settings, bool(compare), adapter),
+                         update_every)
         try:
-            for run_name, event in stream:
-                pending |= view.apply(run_name, event)
-                if pending == {"chat"} and time.perf_counter() - last < update_every:
-                    continue
-                yield _outputs(view, pending)
-                last, pending = time.perf_counter(), set()
-        except (InputError, ImageError, ModelLoadError) as e:    # the engine refused the request
-            yield _refusal(str(e))
-        except Exception as e:                                     # never a traceback on the page
-            log.exception("model run failed")
-            yield _refusal(f"The model run failed ({type(e).__name__}: {str(e)[:300]}). "
-                           "Try again, or with other settings.")
-        else:
-            view.status = f"Done in {time.perf_counter() - t0:.1f} s."
-            yield _outputs(view, {"chat", "boxes", "crops", "answer", "stats"})   # the last update holds it all
+            for changed in updates:
+                yield _refusal(changed) if isinstance(changed, str) else _outputs(view, changed)
         finally:
-            stream.close()
+            updates.close()   # a stopped request stops generating here
 
     def load_adapter(adapter_id):
         adapter_id = (adapter_id or "").strip()
@@ -307,59 +397,64 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
     with gr.Blocks(title="MGPO · look, zoom, answer") as demo:
         adapter_state = gr.State(runner.adapter)
         header = gr.Markdown(_header(runner, runner.adapter), elem_id="header")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=4, min_width=340):
-                image = keep_upload_path(gr.Image(label="Image (upload, paste or drag)", type="filepath", height=300,
-                                                  sources=["upload", "clipboard"], image_mode=None, elem_id="image"))
-                question = gr.Textbox(label="Question", placeholder="What is written on the small sign?", lines=2, elem_id="question")
-                choices = gr.Textbox(label="Answer choices (optional, one per line)", lines=3,
-                                     placeholder="LB MA 864\nLB MA 846\n…", elem_id="choices")
-                max_turns = gr.Slider(2, 3, value=2, step=1, label="Max turns", info="2 = the paper; 3 = one more zoom")
-                compare = gr.Checkbox(label="Compare with the single-turn baseline (no zoom)", value=False, elem_id="compare")
-                with gr.Row():
-                    run_btn = gr.Button("Run", variant="primary", elem_id="run")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                with gr.Accordion("Advanced", open=False):
-                    with gr.Row():
-                        min_pixels = gr.Number(MIN_PIXELS, label="Min pixels", precision=0, info="256·28·28: smaller crops are enlarged")
-                        max_pixels = gr.Number(MAX_PIXELS, label="Max pixels", precision=0, info="1280·28·28: the overview's budget")
-                    temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
-                    max_new_tokens = gr.Slider(16, 4096, value=1024, step=16, label="Max new tokens per turn")
-                    box_rule = gr.Dropdown(["paper", "clamp", "pad", "clamp+pad"], value="paper", label="Box rule",
-                                           info="paper: refuse out-of-bounds or tiny boxes; clamp / pad: repair them")
-                with gr.Accordion("LoRA adapter", open=False):
-                    adapter_box = gr.Textbox(label="Adapter (Hub id or local folder)", placeholder="user/mgpo-qwen2.5-vl-lora",
-                                             value=runner.adapter or "", elem_id="adapter")
-                    with gr.Row():
-                        load_btn = gr.Button("Load adapter", size="sm")
-                        base_btn = gr.Button("Use the base model", size="sm")
-                    adapter_status = gr.Markdown("")
-            with gr.Column(scale=6, min_width=420):
-                status = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
-                with gr.Row():
-                    answer_mgpo = gr.Textbox(label="MGPO answer (zoom)", interactive=False, elem_id="answer-mgpo",
-                                             elem_classes=["answer", "answer-mgpo"])
-                    answer_base = gr.Textbox(label="Single-turn baseline answer", interactive=False, elem_id="answer-base",
-                                             elem_classes=["answer"], placeholder="tick Compare to run it")
-                with gr.Row(equal_height=True):
-                    boxes = gr.Image(label="Predicted boxes on the full image", interactive=False, height=340,
-                                     format="jpeg", elem_id="boxes", buttons=["fullscreen"])
-                    crops = gr.Gallery(label="Crops, as fed to the model", columns=1, height=340, object_fit="contain",
-                                       format="jpeg", elem_id="crops", allow_preview=True)
-                chat = gr.Chatbot(label="Transcript", height=420, elem_id="transcript", group_consecutive_messages=False,
-                                  placeholder="Each turn streams here as a titled step: the grounding turn and its JSON box, "
-                                              "the cropped region, the answer turn.", feedback_options=None,
-                                  buttons=["copy_all"])
-                stats = gr.Dataframe(headers=Transcript.STATS_HEADERS, label="Cost per turn", interactive=False,
-                                     elem_id="stats", wrap=True,
-                                     column_widths=["12%", "8%", "13%", "13%", "14%", "14%", "13%", "13%"])
-                summary = gr.Markdown("", elem_id="summary")
-        if examples:
-            gr.Examples(examples, inputs=[image, question, choices], cache_examples=False, examples_per_page=8,
-                        label="Examples: large scenes whose detail needs a zoom (click one to load it)")
-        gr.Markdown("The model only sees a resized overview (≤ 1280·28·28 pixels). Boxes are read in that frame "
-                    "and mapped back to the original; crops are cut from the full-resolution upload.",
-                    elem_id="footnote")
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Ask", id="ask", elem_id="tab-ask"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=4, min_width=340):
+                        image = keep_upload_path(gr.Image(label="Image (upload, paste or drag)", type="filepath", height=300,
+                                                          sources=["upload", "clipboard"], image_mode=None, elem_id="image"))
+                        question = gr.Textbox(label="Question", placeholder="What is written on the small sign?", lines=2, elem_id="question")
+                        choices = gr.Textbox(label="Answer choices (optional, one per line)", lines=3,
+                                             placeholder="LB MA 864\nLB MA 846\n…", elem_id="choices")
+                        max_turns = gr.Slider(2, 3, value=2, step=1, label="Max turns", info="2 = the paper; 3 = one more zoom")
+                        compare = gr.Checkbox(label="Compare with the single-turn baseline (no zoom)", value=False, elem_id="compare")
+                        with gr.Row():
+                            run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                        with gr.Accordion("Advanced", open=False):
+                            with gr.Row():
+                                min_pixels = gr.Number(MIN_PIXELS, label="Min pixels", precision=0, info="256·28·28: smaller crops are enlarged")
+                                max_pixels = gr.Number(MAX_PIXELS, label="Max pixels", precision=0, info="1280·28·28: the overview's budget")
+                            temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
+                            max_new_tokens = gr.Slider(16, 4096, value=1024, step=16, label="Max new tokens per turn")
+                            box_rule = gr.Dropdown(["paper", "clamp", "pad", "clamp+pad"], value="paper", label="Box rule",
+                                                   info="paper: refuse out-of-bounds or tiny boxes; clamp / pad: repair them")
+                        with gr.Accordion("LoRA adapter", open=False):
+                            adapter_box = gr.Textbox(label="Adapter (Hub id or local folder)", placeholder="user/mgpo-qwen2.5-vl-lora",
+                                                     value=runner.adapter or "", elem_id="adapter")
+                            with gr.Row():
+                                load_btn = gr.Button("Load adapter", size="sm")
+                                base_btn = gr.Button("Use the base model", size="sm")
+                            adapter_status = gr.Markdown("")
+                    with gr.Column(scale=6, min_width=420):
+                        status = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
+                        with gr.Row():
+                            answer_mgpo = gr.Textbox(label="MGPO answer (zoom)", interactive=False, elem_id="answer-mgpo",
+                                                     elem_classes=["answer", "answer-mgpo"])
+                            answer_base = gr.Textbox(label="Single-turn baseline answer", interactive=False, elem_id="answer-base",
+                                                     elem_classes=["answer"], placeholder="tick Compare to run it")
+                        with gr.Row(equal_height=True):
+                            boxes = gr.Image(label="Predicted boxes on the full image", interactive=False, height=340,
+                                             format="jpeg", elem_id="boxes", buttons=["fullscreen"])
+                            crops = gr.Gallery(label="Crops, as fed to the model", columns=1, height=340, object_fit="contain",
+                                               format="jpeg", elem_id="crops", allow_preview=True)
+                        chat = gr.Chatbot(label="Transcript", height=420, elem_id="transcript", group_consecutive_messages=False,
+                                          placeholder="Each turn streams here as a titled step: the grounding turn and its JSON box, "
+                                                      "the cropped region, the answer turn.", feedback_options=None,
+                                          buttons=["copy_all"])
+                        stats = gr.Dataframe(headers=Transcript.STATS_HEADERS, label="Cost per turn", interactive=False,
+                                             elem_id="stats", wrap=True,
+                                             column_widths=["12%", "8%", "13%", "13%", "14%", "14%", "13%", "13%"])
+                        summary = gr.Markdown("", elem_id="summary")
+                if examples:
+                    gr.Examples(examples, inputs=[image, question, choices], cache_examples=False, examples_per_page=8,
+                                label="Examples: large scenes whose detail needs a zoom (click one to load it)")
+                gr.Markdown("The model only sees a resized overview (≤ 1280·28·28 pixels). Boxes are read in that frame "
+                            "and mapped back to the original; crops are cut from the full-resolution upload.",
+                            elem_id="footnote")
+            if playground is not None:
+                with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
+                    _playground_tab(playground, concurrency, update_every)
 
         outputs = [status, chat, boxes, crops, answer_mgpo, answer_base, stats, summary]
         inputs = [image, question, choices, max_turns, compare, min_pixels, max_pixels, temperature,
@@ -375,6 +470,194 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
         base_btn.click(base_model, outputs=[adapter_state, header, adapter_status], api_name="base_model", queue=False)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo
+
+
+# ----- the Playground tab ------------------------------------------------------------------------
+
+PLAYGROUND_INTRO = (
+    "A generated world where the answer needs the zoom: each 2048×2048 scene has 4–7 coloured cards, and the "
+    "question asks for the digit on one of them. In turn 1 the model sees a 224×224 overview: the card is easy "
+    "to find, but its digit is a 2-pixel smudge; in the crop of the card the digit is readable. The model is a "
+    "small Qwen2.5-VL trained here from random weights: base skills first (finding cards by name, reading "
+    "close-ups), then MGPO RL with the answer reward alone: it never saw a box for this question. Pick a "
+    "checkpoint to compare before and after RL. The card's true place (green, dashed) is shown after the run."
+)
+SPLIT_NOTES = {
+    "test": "a held-out test scene",
+    "val": "a validation scene",
+    "train": "a scene of the RL training range (the model may have trained on it)",
+    "skills": "a scene of the base-skills range (the supervised training saw its cards)",
+}
+RELEASE_HELP = (
+    "A release folder holds `model/` (a Qwen2.5-VL checkpoint), `adapters/<name>/` (LoRA adapters), "
+    "`checkpoints.json` (the checkpoints, see `mgpo/playground/release.py`) and optionally `metrics.jsonl`, "
+    "`curves.png` and `summary.json`. Point the app at one with `python app.py --playground DIR` "
+    "(or `MGPO_PLAYGROUND`); `--playground off` hides this tab."
+)
+
+
+@lru_cache(maxsize=4)
+def _scene(seed: int):
+    return make_scene(seed)
+
+
+def _seed(value) -> int:
+    """The seed in the box as an int, or ValueError saying what a seed is."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("type a scene seed or press New scene") from None
+    if not number.is_integer() or not 0 <= number < 2**31:
+        raise ValueError(f"a scene seed is a whole number from 0 to {2**31 - 1:,} (got {value})")
+    return int(number)
+
+
+def _scene_markdown(scene) -> str:
+    """The question and its choices; the answer stays hidden until a run ends."""
+    note = SPLIT_NOTES.get(split_of(scene.seed), "outside every seed split")
+    choices = " · ".join(f"**({letter})** {c}" for letter, c in zip(LETTERS, scene.choices))
+    return f"**Seed {scene.seed}** · {note}\n\n### {scene.question}\n\n{choices}"
+
+
+def _verdict(scene, view: Transcript) -> tuple[str, tuple | None]:
+    """The result line (the answer right or wrong; the IoU of the first valid box with the hidden
+    box of the target card) and that box, ``(x1, y1, x2, y2)`` in original pixels, or None."""
+    final = view.runs["mgpo"].final if "mgpo" in view.runs else None
+    truth = f"**{scene.answer} — {scene.choices[LETTERS.index(scene.answer)]}**"
+    if final is not None and final.letter == scene.answer:
+        line = f"✅ **Right**: the model answered {truth}."
+    elif final is not None and final.letter:
+        line = f"❌ **Wrong**: the model answered {view.answer('mgpo')}; the answer is {truth}."
+    else:
+        line = f"❌ **Wrong**: the model gave no choice letter; the answer is {truth}."
+    marked = [e for run, e, _ in view.boxes if run == "mgpo"]
+    box = next((e.box_original for e in marked if e.valid), None)
+    if box is not None:
+        line += f" IoU of its box with the hidden {scene.name}: **{iou(box, scene.box):.2f}**."
+    else:
+        line += f" No usable box ({marked[0].reason if marked else 'none given'}), so no IoU."
+    return line, box
+
+
+def _playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_every: float) -> None:
+    """The Playground tab's components and events (inside the open ``gr.Tab``)."""
+    if isinstance(pg, ReleaseError):
+        gr.Markdown(f"### The playground release could not be loaded\n\n{pg}\n\n{RELEASE_HELP}", elem_id="pg-error")
+        return
+    release = pg.release
+    first = split_seeds("test", 1)[0]
+    lo, hi = SPLITS["test"]
+    skip = gr.skip()
+    gr.Markdown(PLAYGROUND_INTRO, elem_id="pg-intro")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=340):
+            with gr.Row():
+                seed = gr.Number(first, label="Scene seed", precision=0, elem_id="pg-seed",
+                                 info=f"test scenes {lo:,}–{hi - 1:,}; Enter shows one")
+                new_btn = gr.Button("New scene", elem_id="pg-new", scale=0, min_width=140)
+            scene_md = gr.Markdown(_scene_markdown(_scene(first)), elem_id="pg-scene")
+            checkpoint = gr.Radio([(f"{c.name} (step {c.step})", c.name) for c in release.checkpoints],
+                                  value=release.default, label="Checkpoint", elem_id="pg-checkpoint",
+                                  info="step 0 = the base-skills model; later steps add MGPO RL's LoRA adapter")
+            with gr.Row():
+                run_btn = gr.Button("Run", variant="primary", elem_id="pg-run")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="pg-stop")
+            status = gr.Markdown("Press **Run**: the model boxes a card, reads the crop, answers.", elem_id="pg-status")
+            answer = gr.Textbox(label="Model answer", interactive=False, elem_id="pg-answer",
+                                elem_classes=["answer", "answer-mgpo"])
+            result = gr.Markdown("", elem_id="pg-result")
+        with gr.Column(scale=6, min_width=420):
+            with gr.Row(equal_height=True):
+                boxes = gr.Image(draw_boxes(_scene(first).image, None, None), interactive=False, height=380,
+                                 label="Boxes: model (orange), truth (green)",
+                                 format="jpeg", elem_id="pg-boxes", buttons=["fullscreen"])
+                crops = gr.Gallery(label="Crop, as fed to the model", columns=1, height=380, object_fit="contain",
+                                   format="jpeg", elem_id="pg-crops", allow_preview=True)
+            chat = gr.Chatbot(label="Transcript", height=360, elem_id="pg-transcript", group_consecutive_messages=False,
+                              feedback_options=None, buttons=["copy_all"])
+    _training_panel(release)
+
+    outputs = [status, scene_md, chat, boxes, crops, answer, result]
+
+    def show(seed_value):
+        try:
+            scene = _scene(_seed(seed_value))
+        except ValueError as e:
+            return (_warn(str(e)),) + (skip,) * 6
+        return ("Press **Run**.", _scene_markdown(scene), [], draw_boxes(scene.image, None, None), [], "", "")
+
+    def run(seed_value, name):
+        try:
+            scene = _scene(_seed(seed_value))
+            ckpt = release.checkpoint(name or release.default)
+        except ValueError as e:
+            yield (_warn(str(e)),) + (skip,) * 6
+            return
+        view = Transcript(scene.image, scene.question, scene.choices)
+        updates = follow(view, pg.events(scene, ckpt.name), update_every)
+        shown = False
+        try:
+            for changed in updates:
+                if isinstance(changed, str):
+                    yield (_warn(changed),) + (skip,) * 6
+                    continue
+                verdict, image = skip, view.box_image() if "boxes" in changed else skip
+                if "done" in changed:
+                    view.status += f" Checkpoint **{ckpt.name}** (step {ckpt.step})."
+                    verdict, box = _verdict(scene, view)
+                    image = draw_boxes(scene.image, scene.box, box)
+                yield (view.status, skip if shown else _scene_markdown(scene),
+                       view.messages if "chat" in changed else skip, image,
+                       view.gallery() if "crops" in changed else skip,
+                       view.answer("mgpo") if "answer" in changed else skip, verdict)
+                shown = True
+        finally:
+            updates.close()   # a stopped request stops generating here
+
+    new_btn.click(lambda: random.randrange(lo, hi), outputs=[seed], queue=False, api_name="playground_new").then(
+        show, inputs=[seed], outputs=outputs, queue=False, api_name=False)
+    seed.submit(show, inputs=[seed], outputs=outputs, queue=False, api_name="playground_scene")
+    clear = run_btn.click(lambda: ("Working…", skip, [], skip, [], "", ""), outputs=outputs, queue=False, api_name=False)
+    event = clear.then(run, inputs=[seed, checkpoint], outputs=outputs, api_name="playground_run",
+                       concurrency_limit=concurrency, concurrency_id="model")
+    stop_btn.click(None, cancels=[event], queue=False).then(
+        lambda: "Stopped.", outputs=[status], queue=False, api_name="playground_stop")
+
+
+def _training_panel(release: Release) -> None:
+    """The release's training curves, metrics and evaluation numbers, and its model card."""
+    points = release.curve_points()
+    table = summary_markdown(release.summary)
+    with gr.Accordion("Training and evaluation of this release", open=True):
+        if release.curves or points:
+            with gr.Row(equal_height=True):
+                if release.curves:
+                    gr.Image(str(release.curves), label="Training curves (curves.png)", interactive=False,
+                             elem_id="pg-curves", buttons=["fullscreen"])
+                if points:
+                    import pandas as pd
+
+                    gr.LinePlot(pd.DataFrame(points), x="step", y="value", color="series", color_title="",
+                                label="MGPO RL per step (metrics.jsonl)", x_title="RL step", y_title="mean over the step",
+                                elem_id="pg-metrics")
+        if table:
+            gr.Markdown(f"**Evaluation** (`summary.json`)\n\n{table}", elem_id="pg-summary")
+        if not (release.curves or points or table):
+            gr.Markdown("This release has no `curves.png`, `metrics.jsonl` or `summary.json`.", elem_id="pg-summary")
+        gr.Markdown(f"Release `{release.folder}`: model `{release.model.name}/`, "
+                    f"{sum(c.adapter is not None for c in release.checkpoints)} RL checkpoints as LoRA adapters.")
+    card = release.folder / "README.md"
+    if card.is_file():
+        with gr.Accordion("Model card (README.md)", open=False):
+            gr.Markdown(_strip_front_matter(card.read_text(errors="replace")), elem_id="pg-card")
+
+
+def _strip_front_matter(text: str) -> str:
+    if text.startswith("---\n"):
+        end = text.find("\n---", 4)
+        if end >= 0:
+            return text[end + 4:].lstrip("\n")
+    return text
 
 
 def _int(v) -> int | None:
@@ -434,10 +717,15 @@ def _outputs(view: Transcript, changed: set[str]):
 # ----- when the model cannot be loaded ---------------------------------------------------------
 
 
-def error_demo(message: str, model: str) -> gr.Blocks:
-    """A page that says why the model did not load and how to fix it (no traceback)."""
-    with gr.Blocks(title="MGPO · model not loaded") as demo:
-        gr.Markdown(f"# MGPO · the model could not be loaded\n\nThe demo could not start **{model}**.")
+def error_demo(message: str, model: str, playground: PlaygroundModel | ReleaseError | None = None,
+               queue_size: int = 16, concurrency: int = 1, update_every: float = 0.08) -> gr.Blocks:
+    """A page that says why the model did not load and how to fix it (no traceback). With a
+    playground release, its tab comes first and works: offline, the playground model is the one
+    the page can really answer with."""
+    def explain():
+        gr.Markdown(f"# MGPO · the model could not be loaded\n\nThe demo could not start **{model}**."
+                    + ("  The **Playground** tab runs the small model trained on the generated world."
+                       if isinstance(playground, PlaygroundModel) else ""))
         gr.Textbox(message, label="What went wrong", lines=4, interactive=False, elem_id="load-error")
         gr.Markdown(
             "**How to fix it**\n\n"
@@ -446,6 +734,18 @@ def error_demo(message: str, model: str) -> gr.Blocks:
             "- or try the interface with a tiny random model: `python -m mgpo.tiny /tmp/tiny` then "
             "`python app.py --model /tmp/tiny` (its answers are noise)"
         )
+
+    with gr.Blocks(title="MGPO · model not loaded") as demo:
+        if playground is None:
+            explain()
+        else:
+            with gr.Tabs(elem_id="tabs"):
+                with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
+                    _playground_tab(playground, concurrency, update_every)
+                with gr.Tab("Ask", id="ask", elem_id="tab-ask"):
+                    explain()
+    if playground is not None:
+        demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo
 
 
@@ -457,14 +757,18 @@ def launch(demo: gr.Blocks, cfg: AppConfig, block: bool = True):
 
 
 def make_app(cfg: AppConfig) -> gr.Blocks:
-    """Load the model and build the page, or the page explaining why it could not be loaded."""
+    """Load the model and build the page (with the Playground tab when a release is found), or the
+    page explaining why the model could not be loaded."""
+    playground = load_playground(cfg.playground)
+    if isinstance(playground, Release):
+        playground = PlaygroundModel(playground, gpu_seconds=cfg.gpu_seconds)
     try:
         runner = Runner(Engine.from_pretrained(cfg.model), cfg.adapter, cfg.gpu_seconds)
     except ModelLoadError as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
-        return error_demo(str(e), cfg.model)
-    return build_demo(runner, queue_size=cfg.queue_size, concurrency=cfg.concurrency)
+        return error_demo(str(e), cfg.model, playground, cfg.queue_size, cfg.concurrency)
+    return build_demo(runner, queue_size=cfg.queue_size, concurrency=cfg.concurrency, playground=playground)
 
 
 def main(argv: list[str] | None = None) -> None:

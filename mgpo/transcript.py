@@ -27,6 +27,7 @@ KIND_TITLES = {
 RUN_LABELS = {"mgpo": "MGPO", "baseline": "Baseline"}
 TURN_COLOURS = [(255, 122, 0), (230, 0, 126), (0, 168, 232), (120, 200, 0)]   # turn 1, 2, 3, 4
 BASELINE_COLOUR = (120, 120, 120)
+REFUSED_COLOUR = (220, 30, 30)
 
 
 def _fmt_box(box) -> str:
@@ -35,6 +36,60 @@ def _fmt_box(box) -> str:
 
 def _size(size) -> str:
     return f"{size[0]}×{size[1]}"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A labelled box to draw on an image."""
+
+    box: tuple                        # (x1, y1, x2, y2) in original-image pixels
+    colour: tuple[int, int, int]
+    label: str
+    dashed: bool = False
+    label_below: bool = False         # the label under the box (it goes above by default)
+    halo: tuple[int, int, int] | None = None   # a contrasting line under the box (and in a dashed box's gaps)
+
+
+def draw_marks(original: Image.Image, marks: list[Mark], side: int = DISPLAY_SIDE) -> Image.Image:
+    """A copy of ``original`` scaled to ≤ ``side`` pixels with each mark's box drawn on it and
+    its label on a tab of the box's colour (above the box, or below it when there is no room).
+    The Ask tab's turn boxes and the Playground's truth-vs-model view are both drawn here."""
+    img = original.copy()
+    img.thumbnail((side, side), Image.Resampling.LANCZOS)
+    s = img.width / original.width
+    d = ImageDraw.Draw(img)
+    width = max(3, round(max(img.size) / 180))
+    font = ImageFont.load_default(size=max(14, round(max(img.size) / 28)))
+    for m in marks:                   # the boxes first, then every label on top
+        x1, y1, x2, y2 = (v * s for v in m.box)
+        if m.halo is not None:
+            d.rectangle((x1 - 1, y1 - 1, x2 + 1, y2 + 1), outline=m.halo, width=width + 2)
+        if m.dashed:
+            _dashed_rectangle(d, (x1, y1, x2, y2), m.colour, width)
+        else:
+            d.rectangle((x1, y1, x2, y2), outline=m.colour, width=width)
+    for m in marks:
+        x1, y1, x2, y2 = (v * s for v in m.box)
+        tx0, ty0, tx1, ty1 = d.textbbox((0, 0), m.label, font=font)
+        tw, th = tx1 - tx0 + 2 * width, ty1 - ty0 + 2 * width
+        above, below = y1 - th, y2
+        ly = below if (m.label_below and below + th <= img.height) or above < 0 else above
+        lx = min(max(0, x1), img.width - tw)
+        d.rectangle((lx, ly, lx + tw, ly + th), fill=m.colour)
+        d.text((lx + width - tx0, ly + width - ty0), m.label, font=font, fill=(255, 255, 255))
+    return img
+
+
+def _dashed_rectangle(d: ImageDraw.ImageDraw, box, colour, width: int) -> None:
+    """``box``'s outline in dashes of three line widths, inside the box as a solid outline is."""
+    x1, y1, x2, y2 = box
+    dash, h = 3 * width, width / 2
+    for lo, hi, at, across in ((x1, x2, y1 + h, True), (x1, x2, y2 - h, True), (y1, y2, x1 + h, False), (y1, y2, x2 - h, False)):
+        t = lo
+        while t < hi:
+            e = min(t + dash, hi)
+            d.line(((t, at), (e, at)) if across else ((at, t), (at, e)), fill=colour, width=width)
+            t += 2 * dash
 
 
 @dataclass
@@ -157,28 +212,14 @@ class Transcript:
 
     def box_image(self) -> Image.Image:
         """The original (scaled to ≤ DISPLAY_SIDE) with every box drawn and labelled by turn."""
-        img = self.original.copy()
-        img.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
-        s = img.width / self.original.width
-        d = ImageDraw.Draw(img)
-        width = max(3, round(max(img.size) / 180))
-        font = ImageFont.load_default(size=max(14, round(max(img.size) / 28)))
+        marks = []
         for run, event, box in self.boxes:
             if box is None:
                 continue
             colour = BASELINE_COLOUR if run == "baseline" else TURN_COLOURS[(event.turn - 1) % len(TURN_COLOURS)]
-            if not event.valid:
-                colour = (220, 30, 30)
-            x1, y1, x2, y2 = (v * s for v in box)
-            d.rectangle((x1, y1, x2, y2), outline=colour, width=width)
             label = ("baseline" if run == "baseline" else f"turn {event.turn}") + ("" if event.valid else " (refused)")
-            tx0, ty0, tx1, ty1 = d.textbbox((0, 0), label, font=font)
-            tw, th = tx1 - tx0 + 2 * width, ty1 - ty0 + 2 * width
-            ly = y1 - th if y1 - th >= 0 else y2
-            lx = min(max(0, x1), img.width - tw)
-            d.rectangle((lx, ly, lx + tw, ly + th), fill=colour)
-            d.text((lx + width - tx0, ly + width - ty0), label, font=font, fill=(255, 255, 255))
-        return img
+            marks.append(Mark(box, colour if event.valid else REFUSED_COLOUR, label))
+        return draw_marks(self.original, marks, DISPLAY_SIDE)
 
     def gallery(self) -> list[tuple[Image.Image, str]]:
         return [(c.image, f"turn {c.turn}: {_size(c.crop_size)} px of the original, fed at {_size(c.fed_size)} "

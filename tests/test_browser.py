@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import app
+from mgpo.playground.release import Release
 from test_app import CHOICES, PARKING, free_port, scripted_engine, serve
 
 pytestmark = pytest.mark.slow
@@ -146,7 +147,7 @@ def stop(proc) -> str:
 
 
 def test_app_py_with_a_missing_model_explains_how_to_fix_it(page, tmp_path):
-    proc, url = launch_app(["--model", str(tmp_path / "no-such-model")])
+    proc, url = launch_app(["--model", str(tmp_path / "no-such-model"), "--playground", "off"])
     try:
         page.goto(url)
         page.get_by_text("the model could not be loaded").first.wait_for(timeout=30_000)
@@ -178,3 +179,41 @@ def test_app_py_with_the_tiny_model_runs_an_example(page, tiny_model_dir):
     finally:
         out = stop(proc)
     assert "Traceback" not in out
+
+
+@pytest.fixture(scope="module")
+def playground_url(fake_release):
+    """The app with the fake playground release (its tiny real model and two LoRA checkpoints)."""
+    demo = app.build_demo(scripted_engine(delay=0.01, chunk=2), playground=Release.load(fake_release))
+    url = serve(demo)
+    yield url
+    demo.close()
+
+
+def test_playground_tab_runs_a_checkpoint_on_a_new_scene(page, playground_url):
+    page.goto(playground_url)
+    page.get_by_role("tab", name="Playground").click()
+    page.locator("#pg-run").wait_for()
+    first = page.locator("#pg-seed input").input_value()
+    page.locator("#pg-new").click()
+    page.wait_for_function(f"document.querySelector('#pg-seed input').value !== '{first}'", timeout=20_000)
+    seed = int(page.locator("#pg-seed input").input_value())
+    lo, hi = app.SPLITS["test"]
+    assert lo <= seed < hi
+    page.wait_for_function(f"document.querySelector('#pg-scene').innerText.includes('Seed {seed}')", timeout=20_000)
+    assert "What is the number on the" in page.locator("#pg-scene").inner_text()
+    page.locator("#pg-checkpoint").get_by_text("early (step 10)").click()
+    assert page.locator("#pg-checkpoint").get_by_label("early (step 10)").is_checked()
+    page.locator("#pg-run").click()
+    page.wait_for_function("document.querySelector('#pg-status').innerText.includes('Done in')", timeout=120_000)
+    assert "Checkpoint early (step 10)" in page.locator("#pg-status").inner_text()
+    assert page.locator("#pg-answer textarea").input_value() != ""
+    result = page.locator("#pg-result").inner_text()
+    assert result.startswith(("✅ Right", "❌ Wrong")) and "the answer is" in result or "Right" in result
+    boxes = page.locator("#pg-boxes img").first
+    boxes.wait_for()
+    assert boxes.evaluate("img => img.complete && img.naturalWidth") == 1024   # the truth-vs-model drawing
+    assert page.get_by_text("Turn 1 · find the key area on the full image").count() >= 1
+    assert page.locator("#pg-summary").get_by_text("after · mgpo").count() == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "playground-tab.png"), full_page=True)

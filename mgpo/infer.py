@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mgpo: ground, crop, answer; direct: the single-turn baseline")
     p.add_argument("--max-turns", type=int, default=2)
     p.add_argument("--box-rule", choices=list(geometry.BOX_RULES), default="paper")
-    p.add_argument("--min-pixels", type=int, default=geometry.MIN_PIXELS)
-    p.add_argument("--max-pixels", type=int, default=geometry.MAX_PIXELS)
+    p.add_argument("--checkpoint", default=None,
+                   help="with --model set to a playground release folder: which of its checkpoints (default: its own)")
+    p.add_argument("--min-pixels", type=int, default=None, help=f"default {geometry.MIN_PIXELS} (a release: its own)")
+    p.add_argument("--max-pixels", type=int, default=None, help=f"default {geometry.MAX_PIXELS} (a release: its own)")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None)
@@ -88,12 +90,27 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
 
+    from .playground.release import ReleaseError, is_release, resolve
+
+    model, adapter, budgets = args.model, args.adapter, {"min_pixels": geometry.MIN_PIXELS,
+                                                         "max_pixels": geometry.MAX_PIXELS}
+    if is_release(args.model):   # a playground release: its model, checkpoint and pixel budgets
+        try:
+            model, release_adapter, budgets = resolve(args.model, args.checkpoint)
+        except ReleaseError as e:
+            print(f"error: {e}", file=err)
+            return 3
+        adapter = adapter or release_adapter
+    elif args.checkpoint:
+        print("error: --checkpoint needs --model to be a playground release folder (with checkpoints.json)", file=err)
+        return 2
     config = EngineConfig(
-        max_turns=args.max_turns, min_pixels=args.min_pixels, max_pixels=args.max_pixels, box_rule=args.box_rule,
+        max_turns=args.max_turns, min_pixels=args.min_pixels or budgets["min_pixels"],
+        max_pixels=args.max_pixels or budgets["max_pixels"], box_rule=args.box_rule,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
     )
     try:
-        engine = Engine.from_pretrained(args.model, args.adapter, config=config, device=args.device)
+        engine = Engine.from_pretrained(model, adapter, config=config, device=args.device)
     except ModelLoadError as e:
         print(f"error: {e}", file=err)
         return 3

@@ -58,15 +58,23 @@ def _byte_symbols() -> list[str]:
     return [chr(table[b]) for b in range(256)]
 
 
-def build_tokenizer():
+def build_tokenizer(corpus=None, vocab_size: int = 1024):
+    """A ``Qwen2Tokenizer``: byte-level (no merges) by default; with ``corpus`` (an iterable of
+    texts), byte-level BPE merges learned from it up to ``vocab_size`` entries before the special
+    tokens — Qwen's own pre-tokenizer (digits one by one, words with their leading space), so a
+    small model trained on that text reads a word as one token instead of its bytes."""
     from transformers import Qwen2Tokenizer
 
-    vocab = {sym: i for i, sym in enumerate(_byte_symbols())}
+    symbols = _byte_symbols()
+    vocab = {sym: i for i, sym in enumerate(symbols)}
+    merges: list = []
+    if corpus is not None:
+        vocab, merges = _learn_merges(corpus, vocab_size, symbols)
     for tok in SPECIAL_TOKENS:
         vocab[tok] = len(vocab)
     tok = Qwen2Tokenizer(
         vocab=vocab,
-        merges=[],
+        merges=merges,
         unk_token="<|endoftext|>",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -74,6 +82,30 @@ def build_tokenizer():
     )
     tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+def _learn_merges(corpus, vocab_size: int, symbols: list[str]):
+    """(vocab, merges) of a byte-level BPE trained on ``corpus`` with Qwen2's pre-tokenizer."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    if vocab_size < len(symbols):
+        raise ValueError(f"vocab_size must be at least {len(symbols)} (the byte symbols)")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=symbols, special_tokens=[],
+                                  show_progress=False, min_frequency=2)
+    bpe.train_from_iterator(corpus, trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    # byte symbols first, in byte order (as the byte-level tokenizer numbers them), then the merges
+    vocab = {sym: i for i, sym in enumerate(symbols)}
+    for piece, _ in sorted(state["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece, len(vocab))
+    return vocab, merges
 
 
 def qwen_config(tok, text: dict, vision: dict):
@@ -117,14 +149,16 @@ def build(
     vision_depth: int = 2,
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = MAX_PIXELS,
+    tokenizer=None,
 ) -> Path:
-    """Write a tiny Qwen2.5-VL checkpoint to ``out_dir`` and return the path."""
+    """Write a tiny Qwen2.5-VL checkpoint to ``out_dir`` and return the path (``tokenizer``:
+    one from :func:`build_tokenizer`; the byte-level one by default)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer()
+    tok = tokenizer if tokenizer is not None else build_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vocab_size = len(tok)
     vocab_size += (-vocab_size) % 16  # round up, as real checkpoints pad their embedding tables

@@ -287,3 +287,30 @@ def test_iou_is_plain_box_overlap():
     assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(1 / 3)
     assert iou((0, 0, 10, 10), (10, 10, 20, 20)) == 0.0
     assert iou((0, 0, 0, 10), (0, 0, 10, 10)) == 0.0
+
+
+def test_cell_examples_name_the_board_cell_of_each_card():
+    from mgpo.playground.skills import cell_examples
+    from mgpo.playground.world import GRID
+
+    scene = make_scene(split_seeds("skills", 1, 7)[0])
+    examples = cell_examples(scene)
+    assert len(examples) == len(scene.layout.cards)
+    slot = scene.image.width // GRID
+    for ex, card in zip(examples, scene.layout.cards):
+        assert card.colour in ex.prompt and ex.images[0].size == (224, 224)
+        row, col = card.box[1] // slot + 1, card.box[0] // slot + 1
+        assert ex.target == f"row {row}, column {col}"
+
+
+def test_cards_sit_in_distinct_board_slots_and_free_placement_still_works():
+    from mgpo.playground.world import GRID, make_layout
+
+    for seed in split_seeds("val", 20):
+        layout = make_layout(seed)
+        slots = {(c.box[0] * GRID // layout.size, c.box[1] * GRID // layout.size) for c in layout.cards}
+        assert len(slots) == len(layout.cards) and layout.grid == GRID
+        free = make_layout(seed, grid=0)
+        assert free.grid == 0 and len(free.cards) >= 4
+    with pytest.raises(ValueError, match="cannot hold"):
+        make_layout(1, grid=2, n_cards=(5, 5))

@@ -20,7 +20,7 @@ def examples():
 
     ex = scene_examples(3, prompt="where")
     by = {e.skill: e for e in ex}
-    assert set(by) == {"ground", "read", "answer"}
+    assert set(by) == {"ground", "read", "answer", "cell"}
     return by
 
 
@@ -136,3 +136,67 @@ def test_a_stage_without_its_input_is_a_clear_error(tmp_path, capsys):
     assert "no base-skills checkpoint" in capsys.readouterr().err
     assert pg.main(["--out", str(tmp_path / "pg"), "--stages", "skills"]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
+
+
+def test_snapshot_steps_are_early_middle_late():
+    assert pg.snapshot_steps(30) == {6: "early", 15: "middle", 30: "late"}
+    assert pg.snapshot_steps(1) == {1: "late"}
+    assert pg.snapshot_steps(0) == {}
+
+
+def _recipe_out(tmp_path, fake_release, steps):
+    """A recipe output folder as the stages leave it: base model, RL snapshots, metrics."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(fake_release / "model", out / "base")
+    for step in pg.snapshot_steps(steps):
+        shutil.copytree(fake_release / "adapters" / "step-0010", out / "rl" / "snapshots" / f"step-{step:04d}")
+    rows = [{"step": s, "reward": s / steps, "valid_box": 0.5, "iou": 0.25} for s in range(1, steps + 1)]
+    (out / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, fake_release, capsys):
+    from mgpo import infer
+    from mgpo.eval.__main__ import main as eval_main
+    from mgpo.playground.release import Release, resolve
+    from mgpo.playground.world import Budgets, make_scene, split_seeds
+
+    cfg = pg.RecipeConfig(rl_steps=10)
+    out = _recipe_out(tmp_path, fake_release, 10)
+    summary = {"before": {"mgpo": {"accuracy": 0.25, "valid_box_ratio": 0.5, "n": 4}},
+               "after": {"mgpo": {"accuracy": 0.75, "valid_box_ratio": 1.0, "n": 4}},
+               "rl_curve": [{"step": 1, "reward": 0.5, "valid_box": 1.0}]}
+    rel = Release.load(pg.ship(cfg, out, tmp_path / "release", summary))
+    assert [(c.name, c.step) for c in rel.checkpoints] == [("before RL", 0), ("early", 2), ("middle", 5), ("late", 10)]
+    assert rel.default == "late" and rel.checkpoints[0].adapter is None
+    assert rel.curves is not None and rel.summary["after"]["mgpo"]["accuracy"] == 0.75
+    card = (rel.folder / "README.md").read_text()
+    assert "binary accuracy reward only" in card and "| after RL | mgpo | 0.750 | 1.000 |" in card
+    assert not (tmp_path / "release.tmp").exists()
+    # --model RELEASE: its model, its default (or named) checkpoint, its pixel budgets
+    model, adapter, budgets = resolve(rel.folder, "early")
+    assert model == str(rel.model) and adapter.endswith("step-0002") and budgets == Budgets().engine()
+    scene = make_scene(split_seeds("test", 1)[0])
+    png = tmp_path / "scene.png"
+    scene.image.save(png)
+    assert infer.main(["--model", str(rel.folder), "--image", str(png), "--question", scene.question,
+                       "--choices", *scene.choices, "--json", "--max-new-tokens", "8"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0]["type"] == "turn_started" and events[0]["image_size"] == [224, 224]
+    assert infer.main(["--model", str(rel.folder), "--checkpoint", "nope", "--image", str(png),
+                       "--question", "q"]) == 3
+    assert "no checkpoint 'nope'" in capsys.readouterr().err
+    assert infer.main(["--model", str(rel.model), "--checkpoint", "early", "--image", str(png),
+                       "--question", "q"]) == 2
+    assert eval_main(["--benchmark", "playground", "--limit", "1", "--model", str(rel.folder), "--checkpoint", "middle",
+                      "--max-new-tokens", "8", "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["protocol"]["adapter"].endswith("step-0005")
+    assert results["protocol"]["max_pixels"] == Budgets().engine()["max_pixels"]
+
+
+def test_ship_refuses_a_run_without_a_base_model(tmp_path):
+    with pytest.raises(ValueError, match="no base-skills checkpoint"):
+        pg.ship(pg.RecipeConfig(), tmp_path / "empty", tmp_path / "release", {})

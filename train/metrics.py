@@ -11,6 +11,7 @@ from pathlib import Path
 
 CURVES = [  # (key, title) drawn in curves.png, in this order
     ("reward", "mean reward"), ("accuracy", "accuracy"), ("valid_box", "valid-box ratio"),
+    ("iou", "IoU with the hidden box (analysis)"),
     ("crop_area", "mean crop area / image"), ("kl", "KL to base (k3)"), ("entropy", "entropy"),
     ("clip_frac", "clip fraction"), ("grad_norm", "grad norm"), ("turn1_tokens", "turn-1 tokens"),
     ("final_tokens", "final-turn tokens"), ("step_seconds", "step time (s)"), ("tokens_per_s", "train tokens/s"),
@@ -59,10 +60,12 @@ def read(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def plot(metrics_path: str | Path, png_path: str | Path) -> Path | None:
-    """Draw the curves of ``metrics.jsonl`` into a PNG (None when there is nothing to draw)."""
+def plot(metrics_path: str | Path, png_path: str | Path, curves: list[tuple[str, str]] | None = None,
+         cols: int = 3) -> Path | None:
+    """Draw the curves of ``metrics.jsonl`` into a PNG (None when there is nothing to draw);
+    ``curves``: the (key, title) panels, :data:`CURVES` by default."""
     rows = read(metrics_path)
-    keys = [(k, t) for k, t in CURVES if any(isinstance(r.get(k), (int, float)) for r in rows)]
+    keys = [(k, t) for k, t in (curves or CURVES) if any(isinstance(r.get(k), (int, float)) for r in rows)]
     if not rows or not keys:
         return None
     import matplotlib
@@ -70,7 +73,7 @@ def plot(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = 3
+    cols = min(cols, len(keys))
     nrows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.6 * nrows), squeeze=False)
     for ax, (k, title) in zip(axes.flat, keys):

@@ -1,43 +1,47 @@
 """The playground recipe: a small Qwen2.5-VL, base skills by supervised training, MGPO RL, eval.
 
-    python -m train.playground --out runs/playground [--size cpu|gpu] [--rl-steps N] ...
+    python -m train.playground --out runs/playground [--size cpu|gpu|ci] [--rl-steps N] ...
 
-Stages (each writes into ``--out``):
+Stages (each writes into ``--out``; ``--stages`` picks some):
 
-1. **model** — a random-weight Qwen2.5-VL at a small size (``mgpo.tiny.build``: byte tokenizer,
-   Qwen's chat template; CPU size: text hidden 256 × 4 layers, vision hidden 128 × depth 4, the
-   processor's min/max pixels = the playground budgets) → ``OUT/random``.
-2. **skills** — supervised base skills on :mod:`mgpo.playground.skills` examples from the
-   "skills" seed range: grounding cards *by name* (``bbox_2d`` JSON on the overview), reading a
-   card's close-up (``\\boxed{digit}`` / ``\\boxed{letter}``), direct answers to questions the
-   overview answers (colours present, card count). Never the task's question → box. Each
-   example's tokens come from the engine's own assembly (``QwenBackend.start`` on the user
-   turn, then the target tokens + ``<|im_end|>`` with ``policy=1``), and the loss is
-   −mean log π(target token) from the trainer's forward (``train.logprobs.collate`` +
-   ``token_logprobs``); full fine-tune, AdamW → ``OUT/base`` (a normal checkpoint).
+1. **model** — a random-weight Qwen2.5-VL at a small size (``mgpo.tiny.build``; CPU size: text
+   hidden 256 × 4 layers, vision hidden 128 × depth 4, the processor's min/max pixels = the
+   playground budgets) with a byte-level BPE tokenizer learned from the playground's texts
+   (:func:`mgpo.playground.skills.corpus`: ~4× fewer tokens than bytes) and token embeddings drawn
+   with std ``embed_std`` → ``OUT/random``.
+2. **skills** — what a pretrained VLM brings, taught on the "skills" seed range, never the task's
+   question → box: (0) ``vision_steps`` of vision-tower pretraining through a linear probe thrown
+   away afterwards (which card colour is under each overview token, and the token's row and
+   column), then the merger's output scaled to a token embedding's norm; (1) supervised text
+   skills on a stream of fresh scenes — grounding cards *by name* (``bbox_2d`` JSON on the
+   overview), the board cell a named card sits in, reading a card's close-up
+   (``\\boxed{digit}`` / ``\\boxed{letter}``), direct answers to questions the overview answers
+   (colours present, card count); grounding joins after ``ground_after`` steps. Each example's
+   tokens come from the engine's own assembly (``QwenBackend.start`` on the user turn, then the
+   target tokens + ``<|im_end|>`` with ``policy=1``) and the loss is −mean log π(target token)
+   from the trainer's forward; full fine-tune of the language model, AdamW → ``OUT/base``
+   (a normal checkpoint, rewritten at every held-out evaluation).
 3. **rl** — MGPO with the project's trainer (:class:`train.loop.Trainer`) on scenes from the
    "train" seed range written as PNG + JSONL (``OUT/rl_data``), the paper's prompts, the
-   binary accuracy reward only, the playground pixel budgets → ``OUT/rl`` (``metrics.jsonl``,
-   ``curves.png``, ``adapter/``). LoRA, because that is what the trainer trains (its
-   reference policy for the KL is the adapter disabled); on a 256-wide model r 64 is nearly
-   full rank, so LoRA costs little expressiveness here.
+   binary accuracy reward only, the playground pixel budgets → ``OUT/rl`` (``metrics.jsonl``
+   with the rollouts' IoU against the hidden box added for analysis, ``curves.png``,
+   ``adapter/``, ``snapshots/step-NNNN`` early/middle/late). LoRA, because that is what the
+   trainer trains (its reference policy for the KL is the adapter disabled).
 4. **eval** — the eval harness (:func:`mgpo.eval.runner.evaluate`, the same code as ``python -m
    mgpo.eval --benchmark playground``) on held-out TEST seeds, before RL (``OUT/base``) and
    after (``OUT/base`` + ``OUT/rl/adapter``): direct and MGPO accuracy, valid-box ratio, mean IoU
    with the hidden box, crop-only accuracy → ``OUT/eval/{before,after}-{direct,mgpo}`` and
    ``OUT/summary.json``.
-
-Status: the stages run end to end, but the CPU-sized recipe does not learn yet. After ~6k skill
-examples (15 min on 2 CPU cores) grounding has the format but IoU ≈ 0.01, reading is at chance,
-and under the paper's MGPO prompts turn 1 loses the fenced-JSON format, so RL sees reward 0 and
-no valid boxes. The next steps are the GPU size (``--size gpu``) with far more skill data, and
-bridging the skill prompts to the MGPO turns.
+5. **ship** — the release folder (:mod:`mgpo.playground.release`) the app's Playground tab, the
+   CLI and the evaluator load: ``model/``, ``adapters/``, ``checkpoints.json``, curves, summary
+   and a model card → ``--release`` (default ``OUT/release``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -47,12 +51,12 @@ from pathlib import Path
 SIZES: dict[str, dict] = {
     # ≤ 3 minutes on 2 CPU cores (the CI recipe)
     "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4,
-                skill_scenes=48, skill_steps=60, skill_batch=16, skill_lr=2e-3,
+                skill_steps=60, skill_batch=16, skill_lr=2e-3,
                 rl_scenes=64, rl_steps=12, prompts_per_step=4, group_size=8, rl_lr=1e-3,
                 eval_scenes=16),
     # ≤ 10 minutes on one H200 (not yet measured)
     "gpu": dict(hidden=512, layers=8, vision_hidden=256, vision_depth=6,
-                skill_scenes=4000, skill_steps=3000, skill_batch=64, skill_lr=1e-3,
+                skill_steps=3000, skill_batch=64, skill_lr=1e-3,
                 rl_scenes=4000, rl_steps=150, prompts_per_step=32, group_size=8, rl_lr=5e-4,
                 eval_scenes=200),
 }
@@ -68,14 +72,28 @@ class RecipeConfig:
     layers: int = 4
     vision_hidden: int = 128
     vision_depth: int = 4
+    embed_std: float = 1.0            # token-embedding init (0: the config's 0.02; see _reinit_embeddings)
+    vocab_size: int = 1024            # byte-level BPE learned from the playground's texts (mgpo.playground.skills.corpus)
+    corpus_scenes: int = 40
+    # base skills, stage 0: the vision tower (a linear probe's targets; see pretrain_vision)
+    vision_steps: int = 0
+    vision_batch: int = 16
+    vision_lr: float = 2e-3
+    train_vision: bool = False        # the text skills also train the vision tower (else it stays as stage 0 left it)
     # base skills (supervised)
-    skill_scenes: int = 48            # scenes of the "skills" split (≈ 11 examples each)
     skill_steps: int = 60             # optimizer steps
     skill_batch: int = 16             # examples per step
     skill_lr: float = 2e-3
-    skill_prompt: str = "where"       # grounding wording (mgpo.playground.skills.GROUND_PROMPTS)
-    skill_system: str = "mgpo"        # system prompt of the skill examples: mgpo (the paper's) | default
+    skill_prompt: str = "locate,where"   # grounding wordings (mgpo.playground.skills.GROUND_PROMPTS), one per example
+    skill_system: str = "mgpo,default"   # system prompts of the skill examples, one per example: mgpo (the paper's) | default
     skill_simple: float = 0.3         # share of clutter-free skill scenes
+    skill_buffer: int = 8             # scenes shuffled together in the example stream
+    skill_eval_every: int = 0         # held-out skill scores every N steps (0: at the end only if > 0 steps)
+    skill_eval_scenes: int = 12
+    skills: str = "ground,read,answer,cell"   # mgpo.playground.skills.SKILLS in the mix
+    ground_after: int = 0             # steps of the other skills before grounding joins the mix (a curriculum)
+    min_cards: int = 4                # cards per scene (the world's default 4–7)
+    max_cards: int = 7
     skills_from: str = ""             # continue the skills stage from this checkpoint ("" = OUT/random)
     # RL (train.loop)
     rl_scenes: int = 64               # scenes of the "train" split
@@ -92,6 +110,7 @@ class RecipeConfig:
     eval_scenes: int = 16
     eval_seed: int = 0                # first test-scene index
     stages: str = "model,skills,rl,eval"
+    release: str = ""                 # the ship stage's folder ("" = OUT/release)
 
     @classmethod
     def for_size(cls, size: str, **overrides) -> "RecipeConfig":
@@ -109,13 +128,13 @@ class RecipeConfig:
                 problems.append(f"{name} must be at least 1")
         if self.hidden % 8:
             problems.append("hidden must be a multiple of 8 (4 heads with an even M-RoPE split)")
-        for name in ("skill_scenes", "skill_steps", "rl_steps"):
+        for name in ("skill_steps", "rl_steps", "skill_eval_every"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be ≥ 0")
-        if self.skill_prompt not in GROUND_PROMPTS:
-            problems.append(f"skill_prompt must be one of {', '.join(GROUND_PROMPTS)}")
-        if self.skill_system not in ("mgpo", "default"):
-            problems.append("skill_system must be mgpo or default")
+        if not set(w.strip() for w in self.skill_prompt.split(",")) <= set(GROUND_PROMPTS):
+            problems.append(f"skill_prompt must be one or more of {', '.join(GROUND_PROMPTS)} (comma-separated)")
+        if not set(w.strip() for w in self.skill_system.split(",")) <= {"mgpo", "default"}:
+            problems.append("skill_system must be mgpo, default or both (comma-separated)")
         unknown = [s for s in self.stage_list() if s not in STAGES]
         if unknown:
             problems.append(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
@@ -123,11 +142,14 @@ class RecipeConfig:
             raise ValueError("; ".join(problems))
         return self
 
+    def skill_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.skills.split(",") if s.strip())
+
     def stage_list(self) -> list[str]:
         return [s.strip() for s in self.stages.split(",") if s.strip()]
 
 
-STAGES = ("model", "skills", "rl", "eval")
+STAGES = ("model", "skills", "rl", "eval", "ship")
 
 
 def _log(msg: str) -> None:
@@ -138,12 +160,32 @@ def _log(msg: str) -> None:
 
 def build_model(cfg: RecipeConfig, out: Path) -> Path:
     """A random small Qwen2.5-VL checkpoint whose processor uses the playground budgets."""
+    from mgpo.playground.skills import corpus
     from mgpo.playground.world import Budgets
-    from mgpo.tiny import build
+    from mgpo.tiny import build, build_tokenizer
 
     b = Budgets().engine()
-    return build(out, seed=cfg.seed, layers=cfg.layers, hidden=cfg.hidden, vision_hidden=cfg.vision_hidden,
-                 vision_depth=cfg.vision_depth, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"])
+    tok = build_tokenizer(corpus(cfg.corpus_scenes), cfg.vocab_size)
+    path = build(out, seed=cfg.seed, layers=cfg.layers, hidden=cfg.hidden, vision_hidden=cfg.vision_hidden,
+                 vision_depth=cfg.vision_depth, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"], tokenizer=tok)
+    if cfg.embed_std:
+        _reinit_embeddings(path, cfg.embed_std, cfg.seed)
+    return path
+
+
+def _reinit_embeddings(path: Path, std: float, seed: int) -> None:
+    """Token embeddings drawn with ``std`` instead of the config's 0.02: with 0.02 a token's own
+    identity (norm ≈ 0.3) drowned under the first layer's output (norm ≈ 30) and the small model
+    never learned to look anything up from the prompt (its colour labels stayed at chance)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    emb = model.get_input_embeddings().weight
+    with torch.no_grad():
+        emb.copy_(torch.randn(emb.shape, generator=gen) * std)
+    model.save_pretrained(path)
 
 
 # ----- stage 2: base skills ------------------------------------------------------------------------
@@ -195,56 +237,140 @@ def sft_loss(core, backend, seqs: list[Sequence]):
     return loss, per_row
 
 
-def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> list[dict]:
-    """Full fine-tune on the skill examples; returns the per-step log (loss per skill)."""
+def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skills: tuple[str, ...] | None = None):
+    """An endless stream of skill examples from consecutive scenes of ``split``, shuffled within a
+    buffer of ``cfg.skill_buffer`` scenes so a batch mixes scenes and skills. Each example is
+    ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``)."""
+    from mgpo.playground.skills import scene_examples
+    from mgpo.playground.world import SPLITS, Budgets
+
+    rng = random.Random(f"{cfg.seed}:{split}:{start}")
+    systems = [skill_system_prompt(k.strip()) for k in cfg.skill_system.split(",") if k.strip()]
+    lo, hi = SPLITS[split]
+    seed = lo + start
+    buffer: list = []
+    while True:
+        while len(buffer) < cfg.skill_buffer * 10:
+            if seed >= hi:
+                seed = lo
+            buffer += scene_examples(seed, Budgets(), skills=skills or cfg.skill_list(), prompt=cfg.skill_prompt,
+                                     simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards))
+            seed += 1
+        rng.shuffle(buffer)
+        for _ in range(len(buffer) // 2):
+            yield buffer.pop(), rng.choice(systems)
+
+
+def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
+    """Greedy base-skill scores on held-out VAL scenes: grounding (valid JSON box, mean IoU with
+    the card, share with IoU ≥ 0.5), reading and direct-answer accuracy."""
+    import torch
+
+    from mgpo.eval.scoring import iou
+    from mgpo.parsing import find_bbox
+    from mgpo.playground.skills import scene_examples
+    from mgpo.playground.world import Budgets, split_seeds
+    from mgpo.rows import Sampling
+
+    system = skill_system_prompt(cfg.skill_system.split(",")[0].strip())
+    examples = [ex for seed in split_seeds("val", n_scenes) for ex in scene_examples(
+        seed, Budgets(), skills=cfg.skill_list(), prompt=cfg.skill_prompt, simple=0.0,
+        n_cards=(cfg.min_cards, cfg.max_cards))]
+    scores: dict[str, list[float]] = {}
+    was_training = backend.core.training
+    backend.core.eval()
+    try:
+        for k in range(0, len(examples), 16):
+            chunk = examples[k:k + 16]
+            prompts = []
+            for ex in chunk:
+                msgs = ex.messages()[:1]
+                if system is not None:
+                    msgs = [{"role": "system", "content": [{"type": "text", "text": system}]}, *msgs]
+                prompts.append(msgs)
+            with torch.no_grad():
+                convs = backend.start(prompts)
+                gen = backend.generate(convs, list(range(len(chunk))), Sampling(max_new_tokens=cfg.max_new_tokens))
+                try:
+                    while True:
+                        next(gen)
+                except StopIteration as stop:
+                    outs = stop.value
+            for i, ex in enumerate(chunk):
+                text = outs[i].text
+                if ex.skill == "ground":
+                    m = find_bbox(text)
+                    v = iou(m.box, ex.meta["box_model"]) if m else 0.0
+                    scores.setdefault("ground_valid", []).append(float(m is not None))
+                    scores.setdefault("ground_iou", []).append(v)
+                    scores.setdefault("ground_hit", []).append(float(v >= 0.5))
+                else:
+                    scores.setdefault(ex.skill, []).append(float(text.strip() == ex.target))
+    finally:
+        backend.core.train(was_training)
+    return {k: sum(v) / len(v) for k, v in sorted(scores.items())}
+
+
+def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_to: Path | None = None) -> list[dict]:
+    """Full fine-tune on a stream of skill examples; returns the per-step log (loss per skill and,
+    every ``cfg.skill_eval_every`` steps, held-out skill scores). ``save_to``: also written there
+    at every evaluation, so a long run can be stopped and still leave a model."""
     import torch
 
     from mgpo.generation import QwenBackend
-    from mgpo.playground.skills import skill_examples
-    from mgpo.playground.world import Budgets
 
     backend = QwenBackend(loaded.model, loaded.processor)
     core = backend.core
-    system = skill_system_prompt(cfg.skill_system)
-    t0 = time.perf_counter()
-    examples = list(skill_examples(cfg.skill_scenes, budgets=Budgets(), prompt=cfg.skill_prompt,
-                                   simple=cfg.skill_simple))
-    seqs = [example_sequence(backend, ex, system, k) for k, ex in enumerate(examples)]
-    skills = [ex.skill for ex in examples]
-    _log(f"skills: {len(seqs)} examples from {cfg.skill_scenes} scenes "
-         f"({', '.join(f'{s} {skills.count(s)}' for s in sorted(set(skills)))}) in {time.perf_counter() - t0:.1f}s")
+    stream = skill_stream(cfg)
+    first = tuple(s for s in cfg.skill_list() if s != "ground")
+    warmup_stream = skill_stream(cfg, start=500_000, skills=first) if cfg.ground_after and first else None
     torch.manual_seed(cfg.seed)
     core.requires_grad_(True)
+    if not cfg.train_vision and cfg.vision_steps:
+        core.model.visual.requires_grad_(False)
     core.train()
     opt = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=cfg.skill_lr, weight_decay=0.0)
-    warm = max(1, cfg.skill_steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm))
-    rng = random.Random(cfg.seed)
-    order: list[int] = []
+    warm = max(1, min(100, cfg.skill_steps // 10))
+
+    def lr_at(k: int) -> float:   # linear warm-up, then cosine down to 10 %
+        if k < warm:
+            return (k + 1) / warm
+        t = (k - warm) / max(1, cfg.skill_steps - warm)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     history = []
+    t0 = time.perf_counter()
     log = log_path.open("w") if log_path else None
     try:
         for step in range(1, cfg.skill_steps + 1):
-            if len(order) < cfg.skill_batch:
-                order += rng.sample(range(len(seqs)), len(seqs))
-            idx, order = order[:cfg.skill_batch], order[cfg.skill_batch:]
-            loss, per_row = sft_loss(core, backend, [seqs[i] for i in idx])
+            source = warmup_stream if warmup_stream is not None and step <= cfg.ground_after else stream
+            batch = [next(source) for _ in range(cfg.skill_batch)]
+            seqs = [example_sequence(backend, ex, system) for ex, system in batch]
+            loss, per_row = sft_loss(core, backend, seqs)
             loss.backward()
-            grad = float(torch.nn.utils.clip_grad_norm_(core.parameters(), 1.0))
+            grad = float(torch.nn.utils.clip_grad_norm_([p for p in core.parameters() if p.requires_grad], 1.0))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             by_skill: dict[str, list[float]] = {}
-            for i, v in zip(idx, per_row.tolist()):
-                by_skill.setdefault(skills[i], []).append(v)
+            for (ex, _), v in zip(batch, per_row.tolist()):
+                by_skill.setdefault(ex.skill, []).append(v)
             row = {"step": step, "loss": float(loss.detach()), "grad_norm": grad, "lr": sched.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0,
                    "skill_loss": {k: sum(v) / len(v) for k, v in sorted(by_skill.items())}}
+            if cfg.skill_eval_every and (step % cfg.skill_eval_every == 0 or step == cfg.skill_steps):
+                row["eval"] = skill_eval(backend, cfg, cfg.skill_eval_scenes)
+                _log(f"skills step {step}: held-out " + ", ".join(f"{k} {v:.2f}" for k, v in row["eval"].items()))
+                if save_to is not None:
+                    core.eval()
+                    save_checkpoint(loaded, save_to, _card(cfg, history + [row]))
+                    core.train()
             history.append(row)
             if log:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-            if step == 1 or step % 10 == 0 or step == cfg.skill_steps:
+            if step == 1 or step % 25 == 0 or step == cfg.skill_steps:
                 parts = ", ".join(f"{k} {v:.3f}" for k, v in row["skill_loss"].items())
                 _log(f"skills step {step}/{cfg.skill_steps}: loss {row['loss']:.3f} ({parts}; {row['seconds']:.0f}s)")
     finally:
@@ -252,6 +378,111 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> lis
             log.close()
     core.eval()
     core.requires_grad_(False)
+    return history
+
+
+def token_targets(scene, frame: tuple[int, int], budgets=None) -> tuple[list[int], list[int], list[int]]:
+    """Per merged visual token of the overview (raster order): the colour class of the card under
+    its centre (0 = none, 1.. = :data:`COLOURS` order), its row and its column."""
+    from mgpo.playground.world import COLOURS
+
+    names = sorted(COLOURS)
+    w, h = frame
+    sx, sy = scene.image.width / w, scene.image.height / h
+    colour, rows, cols = [], [], []
+    for r in range(h // 28):
+        for c in range(w // 28):
+            x, y = (c * 28 + 14) * sx, (r * 28 + 14) * sy
+            k = 0
+            for card in scene.layout.cards:
+                x1, y1, x2, y2 = card.box
+                if x1 <= x < x2 and y1 <= y < y2:
+                    k = names.index(card.colour) + 1
+            colour.append(k)
+            rows.append(r)
+            cols.append(c)
+    return colour, rows, cols
+
+
+def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> list[dict]:
+    """Stage 0 of the base skills — what a pretrained vision encoder brings: the vision tower
+    (and its merger) learn, through a linear probe thrown away afterwards, to tell for every
+    overview token which card colour is there and where the token is (row, column). No text, no
+    box JSON, no question; only the tower's weights are kept."""
+    import torch
+
+    from mgpo import geometry
+    from mgpo.generation import QwenBackend
+    from mgpo.playground.world import COLOURS, SPLITS, Budgets, make_scene
+
+    backend = QwenBackend(loaded.model, loaded.processor)
+    core = backend.core
+    visual = core.model.visual
+    side = Budgets().overview_max_pixels ** 0.5 // 28
+    n_col, n_pos = len(COLOURS) + 1, int(side)
+    head = torch.nn.Linear(core.config.text_config.hidden_size, n_col + 2 * n_pos).to(backend.device)
+    torch.manual_seed(cfg.seed)
+    visual.requires_grad_(True)
+    visual.train()
+    params = list(visual.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.0)
+    b = Budgets().engine()
+    seed = SPLITS["skills"][0] + 500_000          # a part of the skills range the text skills rarely reach
+    rng = random.Random(cfg.seed)
+    history, t0 = [], time.perf_counter()
+    log = log_path.open("w") if log_path else None
+    try:
+        for step in range(1, cfg.vision_steps + 1):
+            fed, targets = [], []
+            for _ in range(cfg.vision_batch):
+                scene = make_scene(seed, budgets=Budgets(), clutter=0.0 if rng.random() < cfg.skill_simple else 1.0,
+                                   n_cards=(cfg.min_cards, cfg.max_cards))
+                seed += 1
+                ov = geometry.prepare(scene.image, None, **b)
+                fed.append(backend.feed_image(ov.image))
+                targets.append(token_targets(scene, ov.frame))
+            feats = backend._image_features(fed)                       # (B·tokens, hidden)
+            logits = head(feats.float())
+            colour = torch.tensor([v for t in targets for v in t[0]], device=backend.device)
+            row = torch.tensor([v for t in targets for v in t[1]], device=backend.device)
+            col = torch.tensor([v for t in targets for v in t[2]], device=backend.device)
+            ce = torch.nn.functional.cross_entropy
+            lc = ce(logits[:, :n_col], colour)
+            lr_ = ce(logits[:, n_col:n_col + n_pos], row)
+            lcol = ce(logits[:, n_col + n_pos:], col)
+            loss = lc + lr_ + lcol
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                acc = {"colour": (logits[:, :n_col].argmax(1) == colour).float().mean().item(),
+                       "card_colour": ((logits[:, :n_col].argmax(1) == colour)[colour > 0]).float().mean().item(),
+                       "row": (logits[:, n_col:n_col + n_pos].argmax(1) == row).float().mean().item(),
+                       "col": (logits[:, n_col + n_pos:].argmax(1) == col).float().mean().item()}
+            entry = {"step": step, "loss": loss.item(), "accuracy": acc, "seconds": time.perf_counter() - t0}
+            history.append(entry)
+            if log:
+                log.write(json.dumps(entry) + "\n")
+            if step == 1 or step % 25 == 0 or step == cfg.vision_steps:
+                _log(f"vision step {step}/{cfg.vision_steps}: loss {loss.item():.3f} " +
+                     ", ".join(f"{k} {v:.2f}" for k, v in acc.items()) + f" ({entry['seconds']:.0f}s)")
+    finally:
+        if log:
+            log.close()
+    visual.requires_grad_(False)
+    visual.eval()
+    # calibrate: image tokens as large as text tokens. The probe grows the features (norm ≈ 90
+    # against ≈ 16 for a token embedding), and with such image tokens in the context the language
+    # model did not even learn to copy a word from the prompt; scaling the merger's last layer
+    # keeps every probe-readable direction and fixes that.
+    with torch.no_grad():
+        norm = backend._image_features(fed).norm(dim=-1).mean().item()
+        target = (cfg.embed_std or 0.02) * core.config.text_config.hidden_size ** 0.5
+        last = visual.merger.mlp[-1]
+        last.weight.mul_(target / norm)
+        last.bias.mul_(target / norm)
+    _log(f"vision: image-token norm {norm:.1f} scaled to {target:.1f} (a token embedding's)")
     return history
 
 
@@ -303,11 +534,47 @@ def rl_config(cfg: RecipeConfig, base: Path, data: Path, out: Path):
     )
 
 
+def snapshot_steps(steps: int) -> dict[int, str]:
+    """The RL steps whose adapters the release keeps: early, middle and late (= the last)."""
+    if steps < 1:
+        return {}
+    marks = {max(1, round(steps * 0.2)): "early", max(1, round(steps * 0.5)): "middle", steps: "late"}
+    return dict(sorted(marks.items()))
+
+
 def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
-    from .loop import train
+    """MGPO RL with the project's trainer. Two additions for analysis, neither seen by the
+    reward: each step's metrics get ``iou`` (the rollouts' first valid box against the hidden card
+    box, invalid boxes counted as 0), and the adapter is saved at :func:`snapshot_steps` to
+    ``out/snapshots/step-NNNN``."""
+    from mgpo.eval.scoring import iou
+    from mgpo.playground.world import make_layout
+
+    from .loop import Trainer
 
     data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes)
-    return train(rl_config(cfg, base, data, out))
+    truth = {}
+    for line in data.read_text().splitlines():
+        rec = json.loads(line)
+        seed = int(rec["id"].split("-")[1])
+        layout = make_layout(seed)
+        truth[rec["id"]] = layout.cards[layout.target].box
+    marks = snapshot_steps(cfg.rl_steps)
+
+    class PlaygroundTrainer(Trainer):
+        def update(self, items, rollouts):
+            metrics = super().update(items, rollouts)
+            scores = [iou(r.boxes[0].box_original, truth[items[r.request].id]) if r.valid_box else 0.0
+                      for r in rollouts]
+            metrics["iou"] = sum(scores) / max(1, len(scores))
+            return metrics
+
+    def on_step(step: int, metrics: dict) -> None:
+        if step in marks:
+            trainer.model.save_pretrained(out / "snapshots" / f"step-{step:04d}")
+
+    trainer = PlaygroundTrainer(rl_config(cfg, base, data, out), on_step=on_step)
+    return trainer.run()
 
 
 # ----- stage 4: eval -------------------------------------------------------------------------------
@@ -354,6 +621,115 @@ def rl_curve(metrics_path: Path) -> list[dict]:
             for r in read(metrics_path) if "step" in r]
 
 
+# ----- stage 5: the release ------------------------------------------------------------------------
+
+RELEASE_CURVES = [("reward", "mean reward (binary accuracy)"), ("valid_box", "valid-box ratio"),
+                  ("iou", "IoU with the hidden box (analysis only)")]
+
+
+def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
+    """The release folder the app's Playground tab and the CLI load (:mod:`mgpo.playground.release`):
+    ``model/`` (the base-skills model), ``adapters/step-NNNN`` (early, middle, late RL), the
+    index, the RL metrics and curves, the summary and a model card."""
+    import shutil
+
+    from mgpo.playground.release import Checkpoint, Release, write_index
+
+    from .metrics import plot
+
+    base_dir, rl_dir = out / "base", out / "rl"
+    if not (base_dir / "config.json").is_file():
+        raise ValueError(f"{base_dir} holds no base-skills checkpoint: run the skills stage first")
+    tmp = release.with_name(release.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    shutil.copytree(base_dir, tmp / "model", ignore=shutil.ignore_patterns("README.md"))
+    checkpoints = [Checkpoint("before RL", 0, None)]
+    for step, name in snapshot_steps(cfg.rl_steps).items():
+        src = rl_dir / "snapshots" / f"step-{step:04d}"
+        if src.is_dir():
+            shutil.copytree(src, tmp / "adapters" / src.name)
+            checkpoints.append(Checkpoint(name, step, tmp / "adapters" / src.name))
+    if (rl_dir / "metrics.jsonl").is_file():
+        shutil.copy(rl_dir / "metrics.jsonl", tmp / "metrics.jsonl")
+        plot(tmp / "metrics.jsonl", tmp / "curves.png", RELEASE_CURVES)
+    for name in ("skills.jsonl", "recipe.json"):
+        if (out / name).is_file():
+            shutil.copy(out / name, tmp / name)
+    (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (tmp / "README.md").write_text(release_card(cfg, summary, checkpoints))
+    write_index(tmp, checkpoints, checkpoints[-1].name)
+    Release.load(tmp)                      # refuse to ship a folder the app could not open
+    if release.exists():
+        shutil.rmtree(release)
+    tmp.rename(release)
+    return release
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))
+
+
+def release_card(cfg: RecipeConfig, summary: dict, checkpoints) -> str:
+    """The release's model card: how it was made and what it measured."""
+    rows = []
+    for when in ("before", "after"):
+        for mode in ("direct", "mgpo"):
+            s = (summary.get(when) or {}).get(mode)
+            if s:
+                rows.append(f"| {when} RL | {mode} | {_fmt(s.get('accuracy'))} | {_fmt(s.get('valid_box_ratio'))} | "
+                            f"{_fmt(s.get('mean_iou_all'))} | {_fmt(s.get('crop_only_accuracy'))} | {s.get('n')} |")
+    table = "\n".join(["| model | mode | accuracy | valid-box ratio | mean IoU (all items) | crop-only accuracy | n |",
+                       "|---|---|---|---|---|---|---|", *rows]) if rows else "(no evaluation in this run)"
+    skills = summary.get("skills") or {}
+    held = skills.get("eval") or {}
+    curve = summary.get("rl_curve") or []
+    ckpts = ", ".join(f"{c.name} (step {c.step})" for c in checkpoints)
+    from mgpo.playground.world import Budgets
+
+    b = Budgets().engine()
+    return f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [mgpo, qwen2_5_vl, grounding, reinforcement-learning, synthetic]
+---
+
+# MGPO playground model
+
+A small Qwen2.5-VL (text {cfg.hidden} × {cfg.layers} layers, vision {cfg.vision_hidden} × depth {cfg.vision_depth},
+byte-level BPE tokenizer of {cfg.vocab_size} entries learned from the playground's texts) trained from random
+weights by `python -m train.playground` (recipe settings in `recipe.json`). It only knows the playground world
+(`mgpo.playground.world`): 2048-px scenes with {cfg.min_cards}–{cfg.max_cards} coloured cards, one digit on each;
+the question asks for the digit on one card, which is illegible in the 224-px overview the model sees first.
+
+## How it was made
+1. **Base skills** (`model/`, full fine-tune, {cfg.skill_steps} steps × {cfg.skill_batch} examples, AdamW lr
+   {cfg.skill_lr}, fresh scenes of the "skills" seed range): grounding a card *by its colour* ("Locate the red card
+   … in JSON format" / "Where is the red card? Out the coordinates …" → Qwen's `bbox_2d` JSON on the overview),
+   reading a card's close-up (the crop as turn 2 feeds it → `\\boxed{{digit}}` or the letter of four choices),
+   and direct answers to questions the overview does answer (colours present, number of cards). Never the task's
+   question → box. Held-out skill scores at the end: {", ".join(f"{k} {v:.2f}" for k, v in held.items()) or "–"}.
+2. **MGPO RL** (`adapters/`, LoRA r {cfg.lora_r} on the language model, {cfg.rl_steps} steps × {cfg.prompts_per_step}
+   prompts × {cfg.group_size} samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}) with the project's trainer
+   on scenes of the "train" seed range, the paper's prompts and the **binary accuracy reward only**; the
+   ground-truth boxes never reach it. Checkpoints kept: {ckpts}.
+
+## Measured (held-out TEST seeds, greedy, `python -m mgpo.eval --benchmark playground`)
+{table}
+
+RL reward per step: {" ".join(f"{r['reward']:.2f}" for r in curve) or "–"}
+
+## Use
+```bash
+python -m mgpo.infer --model examples/playground/model --adapter examples/playground/adapters/<step> \\
+    --min-pixels {b['min_pixels']} --max-pixels {b['max_pixels']} --image scene.png --question "What is the number on the red card?"
+python app.py   # the Playground tab loads this folder
+```
+"""
+
+
 # ----- the recipe ----------------------------------------------------------------------------------
 
 def run(cfg: RecipeConfig) -> dict:
@@ -384,10 +760,16 @@ def run(cfg: RecipeConfig) -> dict:
         t = time.perf_counter()
         loaded = load_model(cfg.skills_from or str(random_dir), device="cuda" if _cuda() else "cpu", dtype="float32",
                             min_pixels=b["min_pixels"], max_pixels=b["max_pixels"])
-        hist = train_skills(loaded, cfg, out / "skills.jsonl")
+        if cfg.vision_steps:
+            vhist = pretrain_vision(loaded, cfg, out / "vision.jsonl")
+            summary["vision"] = {"steps": len(vhist), "last_loss": vhist[-1]["loss"], "accuracy": vhist[-1]["accuracy"]}
+        hist = train_skills(loaded, cfg, out / "skills.jsonl", save_to=base_dir)
         save_checkpoint(loaded, base_dir, _card(cfg, hist))
-        summary["skills"] = {"first_loss": hist[0]["loss"] if hist else None,
-                             "last_loss": hist[-1]["loss"] if hist else None}
+        evals = [r for r in hist if "eval" in r]
+        summary["skills"] = {"steps": len(hist), "first_loss": hist[0]["loss"] if hist else None,
+                             "last_loss": hist[-1]["loss"] if hist else None,
+                             "eval": evals[-1]["eval"] if evals else None,
+                             "eval_curve": [{"step": r["step"], **r["eval"]} for r in evals]}
         summary["seconds"]["skills"] = time.perf_counter() - t
         del loaded
     if "eval" in stages and "rl" in stages:
@@ -414,6 +796,9 @@ def run(cfg: RecipeConfig) -> dict:
                          for m in ("direct", "mgpo")}
         summary["seconds"][f"eval_{when}"] = time.perf_counter() - t
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if "ship" in stages:
+        release = ship(cfg, out, Path(cfg.release) if cfg.release else out / "release", summary)
+        _log(f"release written to {release}")
     return summary
 
 
@@ -433,10 +818,19 @@ def _card(cfg: RecipeConfig, hist: list[dict]) -> str:
     last = hist[-1]["loss"] if hist else float("nan")
     return (f"# playground base model ({cfg.size} recipe)\n\nA random Qwen2.5-VL (text {cfg.hidden}×{cfg.layers}, "
             f"vision {cfg.vision_hidden}×{cfg.vision_depth}, byte tokenizer) fully fine-tuned for {cfg.skill_steps} "
-            f"steps × {cfg.skill_batch} examples on mgpo.playground.skills examples from {cfg.skill_scenes} scenes of "
+            f"steps × {cfg.skill_batch} examples on mgpo.playground.skills examples from consecutive scenes of "
             f"the 'skills' seed range: grounding cards by name ({cfg.skill_prompt!r} prompt, bbox_2d JSON), reading "
             f"card close-ups, direct answers about colours/counts. Never the task's question → box. Final loss "
             f"{last:.3f}. Built by `python -m train.playground`.\n")
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,7 +840,9 @@ def main(argv: list[str] | None = None) -> int:
     for f in fields(RecipeConfig):
         if f.name in ("out", "size"):
             continue
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(f.default), default=None)
+        kind = type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                       type=_flag if kind is bool else kind, metavar="yes|no" if kind is bool else None)
     args = vars(p.parse_args(argv))
     try:
         cfg = RecipeConfig.for_size(args.pop("size"), **args).check()

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results folder; an existing one is resumed")
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local directory (default: %(default)s)")
     p.add_argument("--adapter", default=None, help="LoRA adapter: Hub id or directory")
+    p.add_argument("--checkpoint", default=None,
+                   help="with --model set to a playground release folder: which of its checkpoints (default: its own)")
     p.add_argument("--mode", default=d.mode, choices=("mgpo", "direct"),
                    help="mgpo = multi-turn grounding; direct = the single-turn baseline prompt")
     p.add_argument("--max-turns", type=int, default=d.max_turns, help="mgpo turns (2 = paper, 3 = its Table 6)")
@@ -62,6 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..playground.release import ReleaseError, is_release, resolve
+
+    if is_release(args.model):   # a playground release: its model, checkpoint and pixel budgets
+        try:
+            args.model, adapter, budgets = resolve(args.model, args.checkpoint)
+        except ReleaseError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        args.adapter = args.adapter or adapter
+        args.min_pixels = budgets["min_pixels"] if args.min_pixels is None else args.min_pixels
+        args.max_pixels = budgets["max_pixels"] if args.max_pixels is None else args.max_pixels
+    elif args.checkpoint:
+        print("error: --checkpoint needs --model to be a playground release folder (with checkpoints.json)",
+              file=sys.stderr)
+        return 2
     if args.benchmark == "playground":
         from ..playground.world import Budgets
 

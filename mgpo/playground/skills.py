@@ -38,9 +38,9 @@ from PIL import Image
 
 from .. import geometry
 from ..prompts import LETTERS, format_choices, split_image
-from .world import CHOICE_SETS, COLOURS, LATTICE, Budgets, Scene, make_scene, split_seeds
+from .world import CHOICE_SETS, COLOURS, LATTICE, N_CARDS, Budgets, Scene, make_scene, split_seeds
 
-SKILLS = ("ground", "read", "answer")
+SKILLS = ("ground", "read", "answer", "cell")
 
 GROUND_PROMPTS = {
     "locate": "<image>Locate the {name} in the image. Output the coordinates of the {name} in JSON format.",
@@ -51,6 +51,7 @@ GROUND_PROMPTS = {
 READ_OPEN = "<image>What is the number on the card? Put the answer within \\boxed{}."
 READ_CHOICES = "<image>What is the number on the card?\n{choices}Answer with the option's letter within \\boxed{{}}."
 ANSWER = "<image>{question}\n{choices}Answer with the option's letter within \\boxed{{}}."
+CELL = "<image>In which cell of the board is the {name}? Answer with its row and column."
 
 
 @dataclass
@@ -85,15 +86,22 @@ def snap(box, frame, step: int = LATTICE):
     return x1, y1, max(x1 + step, min(x2, frame[0])), max(y1 + step, min(y2, frame[1]))
 
 
-def ground_examples(scene: Scene, budgets: Budgets = Budgets(), prompt: str = "locate") -> list[Example]:
-    """One grounding example per card of the scene, on the overview as fed."""
+def ground_examples(scene: Scene, budgets: Budgets = Budgets(), prompt: str = "locate",
+                    rng: random.Random | None = None) -> list[Example]:
+    """One grounding example per card of the scene, on the overview as fed. ``prompt``: a key of
+    :data:`GROUND_PROMPTS`, or several joined by commas (one picked per card with ``rng``)."""
     overview = geometry.prepare(scene.image, None, **budgets.engine())
+    wordings = [w.strip() for w in prompt.split(",") if w.strip()]
+    unknown = [w for w in wordings if w not in GROUND_PROMPTS]
+    if unknown or not wordings:
+        raise ValueError(f"unknown grounding prompt(s) {prompt!r}; choose from {', '.join(GROUND_PROMPTS)}")
+    rng = rng or random.Random(scene.seed)
     out = []
     for card in scene.layout.cards:
         name = f"{card.colour} card"
         # (x1, y1, x2, y2): original pixels → the overview's model frame, snapped to the lattice
         box = snap(geometry.to_frame(card.box, overview.frame, overview.region), overview.frame)
-        out.append(Example("ground", GROUND_PROMPTS[prompt].format(name=name), [overview.image],
+        out.append(Example("ground", GROUND_PROMPTS[rng.choice(wordings)].format(name=name), [overview.image],
                            bbox_json(box, name),
                            {"seed": scene.seed, "name": name, "box_model": list(box), "frame": list(overview.frame),
                             "box_original": list(card.box)}))
@@ -146,8 +154,24 @@ def answer_example(scene: Scene, rng: random.Random, budgets: Budgets = Budgets(
                                             "answer": letter})
 
 
+def cell_examples(scene: Scene) -> list[Example]:
+    """One example per card: the board cell it sits in, as "row R, column C" (1-based) — a short
+    answer that needs the same look-up as grounding (find the named card, say where it is)
+    without a long reply, so a small model learns the look-up first."""
+    size = scene.image.width
+    grid = scene.layout.grid or 4
+    out = []
+    for card in scene.layout.cards:
+        x1, y1, x2, y2 = card.box
+        row, col = int((y1 + y2) / 2 * grid // size) + 1, int((x1 + x2) / 2 * grid // size) + 1
+        name = f"{card.colour} card"
+        out.append(Example("cell", CELL.format(name=name), [geometry.prepare(scene.image, None, **Budgets().engine()).image],
+                           f"row {row}, column {col}", {"seed": scene.seed, "name": name}))
+    return out
+
+
 def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str] = SKILLS, simple: float = 0.3,
-                   prompt: str = "locate", jitter: int = 0) -> list[Example]:
+                   prompt: str = "locate", jitter: int = 0, n_cards: tuple[int, int] = N_CARDS) -> list[Example]:
     """Every example one scene gives: a grounding and a reading example per card and one direct
     answer. With probability ``simple`` the scene is a plain layout (no clutter) — an easier
     start for grounding."""
@@ -156,14 +180,16 @@ def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str
     if unknown:
         raise ValueError(f"unknown skill(s) {', '.join(unknown)}; choose from {', '.join(SKILLS)}")
     rng = random.Random(f"skills:{seed}")
-    scene = make_scene(seed, budgets=budgets, clutter=0.0 if rng.random() < simple else 1.0)
+    scene = make_scene(seed, budgets=budgets, clutter=0.0 if rng.random() < simple else 1.0, n_cards=n_cards)
     out: list[Example] = []
     if "ground" in skills:
-        out += ground_examples(scene, budgets, prompt)
+        out += ground_examples(scene, budgets, prompt, rng)
     if "read" in skills:
         out += read_examples(scene, rng, budgets, jitter)
     if "answer" in skills:
         out.append(answer_example(scene, rng, budgets))
+    if "cell" in skills:
+        out += cell_examples(scene)
     return out
 
 
@@ -172,3 +198,26 @@ def skill_examples(n_scenes: int, start: int = 0, split: str = "skills", **kw) -
     neither RL nor evaluation uses)."""
     for seed in split_seeds(split, n_scenes, start):
         yield from scene_examples(seed, **kw)
+
+
+def corpus(n_scenes: int = 200, split: str = "skills") -> Iterator[str]:
+    """The texts a playground model reads and writes, for learning its tokenizer's merges: the
+    skill prompts and replies of ``n_scenes`` scenes, and every template of the registered prompt
+    sets filled with task-like questions (the words of MGPO's turns, not their answers)."""
+    from ..prompts import get_prompts, names, render
+    from ..tiny import CHAT_TEMPLATE
+
+    yield CHAT_TEMPLATE.replace("{%", " ").replace("%}", " ")
+    yield "You are a helpful assistant. system user assistant"
+    for k, ex in enumerate(skill_examples(n_scenes, split=split)):
+        yield ex.prompt.replace("<image>", "\n")
+        yield ex.target
+        if k % 8 == 0:
+            colour = ex.meta.get("name", "red card")
+            question = f"What is the number on the {colour}?"
+            choices = ex.meta.get("choices") or ["1", "2", "3", "4"]
+            for name in names():
+                prompts = get_prompts(name)
+                for kind in ("system", "grounding", "crop", "fallback", "refine", "direct"):
+                    yield render(prompts, kind, question, choices).replace("<image>", "\n")
+                    yield render(prompts, kind, question, None).replace("<image>", "\n")

@@ -1,8 +1,10 @@
 """The playground world: procedurally generated high-resolution scenes with one small target.
 
-A scene (``size``×``size`` pixels, 2048 by default) is a textured background, clutter (muted
-shapes, lines and "decoy" dot patterns everywhere) and 4–7 coloured **cards**, each in one of
-eight saturated colours that nothing else in the scene uses. Every card carries a white label
+A scene (``size``×``size`` pixels, 2048 by default) is a colour-ramp background (red rises left →
+right, blue top → bottom: the world's one absolute-position cue, see :func:`_background`),
+translucent clutter (muted shapes, lines and "decoy" dot patterns everywhere) and 4–7 coloured
+**cards** in the slots of a 4×4 board (``grid``; 0 places them anywhere on the lattice), each in one
+of eight saturated colours that nothing else in the scene uses. Every card carries a white label
 with one digit in a 5×7 dot-matrix font (:mod:`.font`). The question is always about one card,
 the target, named by its colour: *"What is the number on the red card?"*, four digits as
 choices, one of them right.
@@ -11,10 +13,10 @@ Why it needs the zoom (the numbers for the default 2048² scene and :class:`Budg
 
 - turn 1 sees the overview at 224×224 (64 visual tokens): 9.14 original pixels per fed pixel.
   A card (384 px) is a 42-px coloured square there — easy to find by its colour — but its digit
-  (5×7 dots of 3 px: 15×21 px) is 1.6×2.3 fed pixels, fewer pixels than the font has dot rows:
-  the glyph cannot be resolved, only a grey smudge on the label is left;
+  (5×7 dots of 2 px: 10×14 px) is 1.1×1.5 fed pixels, far fewer pixels than the font has dot
+  rows: the glyph cannot be resolved, only a grey smudge on the label is left;
 - a crop of the card (384² > the 224² budget) is fed at 224×224: 0.58 fed pixels per original
-  pixel, the digit is 9×12 fed pixels — plainly readable.
+  pixel, the digit is 6×8 fed pixels — readable.
 
 Nuisances a reader cannot know (so "illegible" is not beaten by exact template matching): the
 digit sits at the label centre ± ``JITTER`` px, its ink is a random dark grey, the label has
@@ -22,13 +24,14 @@ faint stains, the card's colour varies a little. The four choices are drawn as a
 of similar ink (total dot count within ``INK_SPREAD``; the one cue that survives blur) and the
 right one is uniform within the set, so neither the set nor the blur leaks the answer. The
 property is measured by :mod:`.legibility` (``python -m mgpo.playground.legibility``): a
-template reader that knows the font is at chance on the overview and right on every crop.
+template reader that knows the font is at chance on the overview (25.5 % on 200 test scenes)
+and right on every crop.
 
 Lattice (learnability): cards sit on a lattice of 14 *fed* overview pixels (half a visual token;
 128 original pixels at 2048) and span 3×3 lattice steps, so a card's box in the overview's
-model frame is exactly ``[14i, 14j, 14i+42, 14j+42]``: a valid box (> 28 per side), coordinates
-with 17 possible values, and a crop of exactly the card puts the digit at a fixed place in the
-crop (the one reading setting a small model learned quickly, NOTES "Playground feasibility").
+model frame is exactly ``[14i, 14j, 14i+42, 14j+42]``: a valid box (> 28 per side); on the 4×4
+board ``i, j`` are multiples of 4, and a crop of exactly the card puts the digit near a fixed
+place in the crop.
 
 Splits are disjoint seed ranges (:func:`split_seeds`); the ground-truth box is for analysis only.
 """
@@ -57,15 +60,18 @@ DEFAULT_SIZE = 2048
 LATTICE = 14                     # fed overview pixels per lattice step (half a 28-px token)
 CARD_STEPS = 3                   # a card spans 3×3 lattice steps (42 fed px; valid boxes need > 28)
 LABEL_FRACTION = 0.25            # label side / card side
-DOT = 3                          # original pixels per font dot at 2048 (scaled with the scene)
-JITTER = 8                       # ± original px of the digit around the label centre (at 2048)
+DOT = 2                          # original pixels per font dot at 2048 (scaled with the scene)
+JITTER = 16                       # ± original px of the digit around the label centre (at 2048)
 INK_SPREAD = 4                   # choices differ by at most this many dots of ink
 N_STAINS = (8, 16)               # faint stains per label ...
 STAIN_RADIUS = (4, 14)           # ... of this radius (original px at 2048) ...
 STAIN_DARK = (20, 60)            # ... and this many grey levels darker than the paper
 WEAR = False                     # worn print (dots ±1 px): off — it made crops hard to read
 N_CARDS = (4, 7)                 # cards per scene, target included
+GRID = 4                         # cards sit in the slots of a GRID × GRID board (0: anywhere on the lattice)
 N_CLUTTER = (70, 130)            # clutter shapes per scene at clutter=1
+CLUTTER_ALPHA = 0.45             # clutter is translucent: the background ramp shows through
+RAMP = (20, 235)                 # background red (left → right) and blue (top → bottom) ramp ends
 
 COLOURS: dict[str, tuple[int, int, int]] = {   # the card names; nothing else is this saturated
     "red": (215, 35, 35),
@@ -148,6 +154,7 @@ class Layout:
     target: int                      # index into cards
     choices: tuple[str, ...]         # four digits in letter order
     answer: str                      # the right letter
+    grid: int = 0                    # board slots per side (0: cards anywhere on the lattice)
 
 
 @dataclass
@@ -200,22 +207,27 @@ def _muted(rng: random.Random) -> tuple[int, int, int]:
 
 
 def make_layout(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(), clutter: float = 1.0,
-                n_cards: tuple[int, int] = N_CARDS) -> Layout:
+                n_cards: tuple[int, int] = N_CARDS, grid: int = GRID) -> Layout:
     """All random choices of scene ``seed`` (deterministic: ``random.Random`` on a string seed)."""
     if not isinstance(size, int) or size < 1024:
         raise ValueError(f"scene size must be an integer ≥ 1024 (got {size!r}); the default is {DEFAULT_SIZE}")
-    if not 2 <= n_cards[0] <= n_cards[1] <= len(COLOURS):
-        raise ValueError(f"n_cards must be (lo, hi) with 2 ≤ lo ≤ hi ≤ {len(COLOURS)}")
+    if not 1 <= n_cards[0] <= n_cards[1] <= len(COLOURS):
+        raise ValueError(f"n_cards must be (lo, hi) with 1 ≤ lo ≤ hi ≤ {len(COLOURS)}")
     rng = random.Random(f"{VERSION}:{seed}:{size}")
     scale = size / DEFAULT_SIZE
     step = lattice_step(size, budgets)
     steps = int(round(size / step))
     dot = max(1, int(round(DOT * scale)))
 
-    # cards: lattice positions with at least one free step between any two
     count = rng.randint(*n_cards)
     cells: list[tuple[int, int]] = []
-    while len(cells) < count:
+    if grid:   # cards in the slots of a grid × grid board, each at its slot's lattice origin
+        per = steps // grid
+        if per < CARD_STEPS or count > grid * grid:
+            raise ValueError(f"a {grid}×{grid} board cannot hold {count} cards of {CARD_STEPS} lattice steps")
+        off = (per - CARD_STEPS) // 2
+        cells = [((k % grid) * per + off, (k // grid) * per + off) for k in rng.sample(range(grid * grid), count)]
+    while len(cells) < count:   # free placement: lattice positions with one free step between any two
         c = (rng.randint(0, steps - CARD_STEPS), rng.randint(0, steps - CARD_STEPS))
         if all(max(abs(c[0] - o[0]), abs(c[1] - o[1])) >= CARD_STEPS + 1 for o in cells):
             cells.append(c)
@@ -261,18 +273,29 @@ def make_layout(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(
         items.append((kind, coords, colour, rng.randint(2, 9)))
     background = _muted(rng)
     choices = tuple(choice_set)
-    return Layout(seed, size, dot, background, tuple(items), tuple(cards), target, choices, LETTERS[answer_index])
+    return Layout(seed, size, dot, background, tuple(items), tuple(cards), target, choices, LETTERS[answer_index], grid)
 
 
 def _background(layout: Layout) -> Image.Image:
-    """Base colour + smooth blotches (low frequency) + grain (high frequency)."""
+    """A smooth colour ramp (red rises left → right, blue top → bottom) + blotches (low
+    frequency) + grain (high frequency). The ramp is the world's one absolute-position cue: every
+    patch of the overview shows roughly where it is, as a horizon, shadows or perspective do in a
+    photograph. A pretrained VLM knows where things are from billions of images; a few-million-
+    parameter model trained for minutes learns a box from this cue (NOTES "Playground
+    feasibility": without it, absolute coordinates were not learned in 20 k samples)."""
     size = layout.size
+    half = (size + 1) // 2                      # painted at half resolution, then doubled (speed)
     rng = np.random.default_rng([layout.seed, size])
-    blotch = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
-    base = np.asarray(blotch, dtype=np.int16) // 5 - 25 + np.array(layout.background, dtype=np.int16)
-    grain = rng.integers(-9, 10, (size // 2, size // 2), dtype=np.int16).repeat(2, 0).repeat(2, 1)
-    base[: grain.shape[0], : grain.shape[1]] += grain[..., None]
-    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+    blotch = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((half, half), Image.Resampling.BILINEAR)
+    ramp = np.linspace(RAMP[0], RAMP[1], half, dtype=np.float32)
+    base = np.empty((half, half, 3), dtype=np.float32)
+    base[..., 0] = ramp[None, :]
+    base[..., 1] = 0.5 * (RAMP[0] + RAMP[1]) + (layout.background[1] - 128.0) / 4.0   # the scene's own tint
+    base[..., 2] = ramp[:, None]
+    base += (np.asarray(blotch, dtype=np.float32) - 128.0) / 24.0
+    base += rng.integers(-9, 10, (half, half), dtype=np.int16)[..., None]   # grain
+    out = np.clip(base, 0, 255).astype(np.uint8).repeat(2, 0).repeat(2, 1)[:size, :size]
+    return Image.fromarray(out, "RGB")
 
 
 def draw_card(image: Image.Image, card: Card, dot: int, clean: bool = False, digit: str | None = None) -> None:
@@ -302,25 +325,30 @@ def draw_card(image: Image.Image, card: Card, dot: int, clean: bool = False, dig
 
 
 def render(layout: Layout) -> Image.Image:
-    """The scene's pixels: background, clutter, then the cards on top."""
+    """The scene's pixels: background, translucent clutter, then the cards on top."""
     image = _background(layout)
-    draw = ImageDraw.Draw(image)
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    alpha = int(round(255 * CLUTTER_ALPHA))
     for kind, coords, colour, width in layout.clutter:
+        fill = (*colour, alpha)
         if kind == "ellipse":
-            draw.ellipse(coords, fill=colour)
+            draw.ellipse(coords, fill=fill)
         elif kind == "rectangle":
-            draw.rectangle(coords, fill=colour)
+            draw.rectangle(coords, fill=fill)
         elif kind == "triangle":
-            draw.polygon(coords, fill=colour)
+            draw.polygon(coords, fill=fill)
         elif kind == "line":
-            draw.line(coords, fill=colour, width=width)
+            draw.line(coords, fill=fill, width=width)
         else:
             x, y, bits = coords
             d = max(2, layout.dot - 1 + width % 3)
             for k, bit in enumerate(bits):
                 if bit:
                     c, r = k % GLYPH_W, k // GLYPH_W
-                    draw.rectangle((x + c * d, y + r * d, x + (c + 1) * d - 1, y + (r + 1) * d - 1), fill=colour)
+                    draw.rectangle((x + c * d, y + r * d, x + (c + 1) * d - 1, y + (r + 1) * d - 1),
+                                   fill=(*colour, 255))
+    image = Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
     for card in layout.cards:
         draw_card(image, card, layout.dot)
     return image
@@ -333,10 +361,11 @@ def scene_from_layout(layout: Layout) -> Scene:
 
 
 def make_scene(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(), clutter: float = 1.0,
-               n_cards: tuple[int, int] = N_CARDS) -> Scene:
+               n_cards: tuple[int, int] = N_CARDS, grid: int = GRID) -> Scene:
     """Scene ``seed``: same seed, same pixels. ``clutter`` scales the distractor shapes (0 = a
-    plain layout of cards on a textured background)."""
-    return scene_from_layout(make_layout(seed, size, budgets, clutter, n_cards))
+    plain layout of cards on a textured background); ``grid`` is the board's slots per side (0:
+    cards anywhere on the lattice)."""
+    return scene_from_layout(make_layout(seed, size, budgets, clutter, n_cards, grid))
 
 
 def with_digit(scene: Scene, digit: str, clean: bool = False) -> Image.Image:

@@ -314,3 +314,15 @@ def test_cards_sit_in_distinct_board_slots_and_free_placement_still_works():
         assert free.grid == 0 and len(free.cards) >= 4
     with pytest.raises(ValueError, match="cannot hold"):
         make_layout(1, grid=2, n_cards=(5, 5))
+
+
+def test_label_first_replies_name_the_card_before_the_box():
+    from mgpo.parsing import find_bbox
+    from mgpo.playground.skills import bbox_json, scene_examples
+
+    text = bbox_json((14, 28, 56, 70), "red card", label_first=True)
+    assert text.index('"label"') < text.index('"bbox_2d"') and find_bbox(text).box == (14, 28, 56, 70)
+    examples = scene_examples(split_seeds("skills", 1, 3)[0], skills=("ground", "cell"), label_first=True)
+    for ex in examples:
+        name = ex.meta["name"]
+        assert ex.target.startswith(f"{name}: row ") if ex.skill == "cell" else f'{{"label": "{name}", "bbox_2d"' in ex.target

@@ -200,3 +200,27 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
 def test_ship_refuses_a_run_without_a_base_model(tmp_path):
     with pytest.raises(ValueError, match="no base-skills checkpoint"):
         pg.ship(pg.RecipeConfig(), tmp_path / "empty", tmp_path / "release", {})
+
+
+@pytest.mark.slow
+def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
+    """The "ci" size: model → vision probe → skills → RL → eval → ship on a micro model. It
+    checks that each stage leaves what the next one and the app need — not that it learns."""
+    from mgpo.playground.release import Release
+
+    cfg = pg.RecipeConfig.for_size("ci", out=str(tmp_path / "pg"))
+    summary = pg.run(cfg)
+    out = tmp_path / "pg"
+    assert summary["vision"]["steps"] == 3 and set(summary["vision"]["accuracy"]) >= {"colour", "row", "col", "digit"}
+    skills = [json.loads(line) for line in (out / "skills.jsonl").read_text().splitlines()]
+    assert len(skills) == 6 and "ground" not in skills[0]["skill_loss"] and "ground" in skills[-1]["skill_loss"]
+    assert set(summary["skills"]["eval"]) == {"answer", "cell", "ground_hit", "ground_iou", "ground_valid", "read"}
+    rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    for when in ("before", "after"):
+        for mode in ("direct", "mgpo"):
+            assert summary[when][mode]["n"] == 2
+    rel = Release.load(out / "release")
+    assert [c.name for c in rel.checkpoints] == ["before RL", "early", "middle", "late"]
+    assert (rel.folder / "README.md").read_text().count("| after RL |") == 2
+    assert not (out / "rl_data" / "train.jsonl").read_text().count("box")   # RL never sees a box

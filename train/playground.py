@@ -49,16 +49,21 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 SIZES: dict[str, dict] = {
-    # ≤ 3 minutes on 2 CPU cores (the CI recipe)
-    "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4,
-                skill_steps=60, skill_batch=16, skill_lr=2e-3,
-                rl_scenes=64, rl_steps=12, prompts_per_step=4, group_size=8, rl_lr=1e-3,
-                eval_scenes=16),
-    # ≤ 10 minutes on one H200 (not yet measured)
-    "gpu": dict(hidden=512, layers=8, vision_hidden=256, vision_depth=6,
-                skill_steps=3000, skill_batch=64, skill_lr=1e-3,
-                rl_scenes=4000, rl_steps=150, prompts_per_step=32, group_size=8, rl_lr=5e-4,
+    # the CPU recipe (2 cores): ~25 min of skills, a few minutes of RL
+    "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4, vision_steps=60,
+                skill_steps=2400, skill_batch=16, skill_lr=2e-3, ground_after=300, skill_eval_every=300,
+                skill_eval_scenes=8, rl_scenes=256, rl_steps=30, prompts_per_step=4, group_size=8, rl_lr=1e-3,
+                eval_scenes=50),
+    # one H200 (not measured: no GPU session yet)
+    "gpu": dict(hidden=512, layers=8, vision_hidden=256, vision_depth=6, vision_steps=300, vision_batch=64,
+                skill_steps=6000, skill_batch=64, skill_lr=1e-3, ground_after=500, skill_eval_every=1000,
+                skill_eval_scenes=25, rl_scenes=4000, rl_steps=150, prompts_per_step=32, group_size=8, rl_lr=5e-4,
                 eval_scenes=200),
+    # every stage end to end in about a minute (CI): checks the mechanics, not the learning
+    "ci": dict(hidden=64, layers=2, vision_hidden=32, vision_depth=2, vocab_size=600, corpus_scenes=8,
+               vision_steps=3, vision_batch=4, skill_steps=6, skill_batch=4, ground_after=2, skill_eval_every=6,
+               skill_eval_scenes=1, rl_scenes=8, rl_steps=4, prompts_per_step=2, group_size=2, lora_r=8,
+               max_new_tokens=48, eval_scenes=2, stages="model,skills,rl,eval,ship"),
 }
 
 
@@ -91,6 +96,7 @@ class RecipeConfig:
     skill_eval_every: int = 0         # held-out skill scores every N steps (0: at the end only if > 0 steps)
     skill_eval_scenes: int = 12
     skills: str = "ground,read,answer,cell"   # mgpo.playground.skills.SKILLS in the mix
+    label_first: bool = False         # grounding/cell replies name the card first (mgpo.playground.skills.bbox_json)
     ground_after: int = 0             # steps of the other skills before grounding joins the mix (a curriculum)
     min_cards: int = 4                # cards per scene (the world's default 4–7)
     max_cards: int = 7
@@ -254,7 +260,8 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
             if seed >= hi:
                 seed = lo
             buffer += scene_examples(seed, Budgets(), skills=skills or cfg.skill_list(), prompt=cfg.skill_prompt,
-                                     simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards))
+                                     simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards),
+                                     label_first=cfg.label_first)
             seed += 1
         rng.shuffle(buffer)
         for _ in range(len(buffer) // 2):
@@ -275,7 +282,7 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     system = skill_system_prompt(cfg.skill_system.split(",")[0].strip())
     examples = [ex for seed in split_seeds("val", n_scenes) for ex in scene_examples(
         seed, Budgets(), skills=cfg.skill_list(), prompt=cfg.skill_prompt, simple=0.0,
-        n_cards=(cfg.min_cards, cfg.max_cards))]
+        n_cards=(cfg.min_cards, cfg.max_cards), label_first=cfg.label_first)]
     scores: dict[str, list[float]] = {}
     was_training = backend.core.training
     backend.core.eval()
@@ -404,6 +411,27 @@ def token_targets(scene, frame: tuple[int, int], budgets=None) -> tuple[list[int
     return colour, rows, cols
 
 
+def digit_targets(scene, card, region, frame: tuple[int, int]) -> list[int]:
+    """Per merged visual token of a crop of ``region`` fed at ``frame``: 1 + the card's digit
+    where the token overlaps the digit's glyph, else 0."""
+    from mgpo.playground.font import DIGITS, GLYPH_H, GLYPH_W
+
+    dot = scene.layout.dot
+    lx1, ly1, lx2, ly2 = card.label
+    gx = (lx1 + lx2) // 2 - GLYPH_W * dot // 2 + card.offset[0]
+    gy = (ly1 + ly2) // 2 - GLYPH_H * dot // 2 + card.offset[1]
+    sx, sy = frame[0] / (region[2] - region[0]), frame[1] / (region[3] - region[1])
+    g = ((gx - region[0]) * sx, (gy - region[1]) * sy, (gx + GLYPH_W * dot - region[0]) * sx,
+         (gy + GLYPH_H * dot - region[1]) * sy)
+    k = sorted(DIGITS).index(card.digit) + 1
+    out = []
+    for r in range(frame[1] // 28):
+        for c in range(frame[0] // 28):
+            hit = c * 28 < g[2] and g[0] < (c + 1) * 28 and r * 28 < g[3] and g[1] < (r + 1) * 28
+            out.append(k if hit else 0)
+    return out
+
+
 def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> list[dict]:
     """Stage 0 of the base skills — what a pretrained vision encoder brings: the vision tower
     (and its merger) learn, through a linear probe thrown away afterwards, to tell for every
@@ -421,10 +449,11 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     side = Budgets().overview_max_pixels ** 0.5 // 28
     n_col, n_pos = len(COLOURS) + 1, int(side)
     head = torch.nn.Linear(core.config.text_config.hidden_size, n_col + 2 * n_pos).to(backend.device)
+    digit_head = torch.nn.Linear(core.config.text_config.hidden_size, 11).to(backend.device)
     torch.manual_seed(cfg.seed)
     visual.requires_grad_(True)
     visual.train()
-    params = list(visual.parameters()) + list(head.parameters())
+    params = list(visual.parameters()) + list(head.parameters()) + list(digit_head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.0)
     b = Budgets().engine()
     seed = SPLITS["skills"][0] + 500_000          # a part of the skills range the text skills rarely reach
@@ -433,7 +462,7 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     log = log_path.open("w") if log_path else None
     try:
         for step in range(1, cfg.vision_steps + 1):
-            fed, targets = [], []
+            fed, targets, crops, digits = [], [], [], []
             for _ in range(cfg.vision_batch):
                 scene = make_scene(seed, budgets=Budgets(), clutter=0.0 if rng.random() < cfg.skill_simple else 1.0,
                                    n_cards=(cfg.min_cards, cfg.max_cards))
@@ -441,6 +470,10 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
                 ov = geometry.prepare(scene.image, None, **b)
                 fed.append(backend.feed_image(ov.image))
                 targets.append(token_targets(scene, ov.frame))
+                card = rng.choice(scene.layout.cards)
+                crop = geometry.prepare(scene.image, card.box, **b)
+                crops.append(backend.feed_image(crop.image))
+                digits += digit_targets(scene, card, card.box, crop.frame)
             feats = backend._image_features(fed)                       # (B·tokens, hidden)
             logits = head(feats.float())
             colour = torch.tensor([v for t in targets for v in t[0]], device=backend.device)
@@ -450,7 +483,10 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
             lc = ce(logits[:, :n_col], colour)
             lr_ = ce(logits[:, n_col:n_col + n_pos], row)
             lcol = ce(logits[:, n_col + n_pos:], col)
-            loss = lc + lr_ + lcol
+            dlogits = digit_head(backend._image_features(crops).float())
+            digit = torch.tensor(digits, device=backend.device)
+            ld = ce(dlogits, digit)
+            loss = lc + lr_ + lcol + ld
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -459,7 +495,8 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
                 acc = {"colour": (logits[:, :n_col].argmax(1) == colour).float().mean().item(),
                        "card_colour": ((logits[:, :n_col].argmax(1) == colour)[colour > 0]).float().mean().item(),
                        "row": (logits[:, n_col:n_col + n_pos].argmax(1) == row).float().mean().item(),
-                       "col": (logits[:, n_col + n_pos:].argmax(1) == col).float().mean().item()}
+                       "col": (logits[:, n_col + n_pos:].argmax(1) == col).float().mean().item(),
+                       "digit": ((dlogits.argmax(1) == digit)[digit > 0]).float().mean().item()}
             entry = {"step": step, "loss": loss.item(), "accuracy": acc, "seconds": time.perf_counter() - t0}
             history.append(entry)
             if log:

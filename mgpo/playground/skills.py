@@ -73,9 +73,12 @@ class Example:
                 {"role": "assistant", "content": [{"type": "text", "text": self.target}]}]
 
 
-def bbox_json(box, label: str) -> str:
-    """Qwen2.5-VL's grounding reply for one box (model-frame pixels)."""
-    obj = json.dumps({"bbox_2d": [int(v) for v in box], "label": label})
+def bbox_json(box, label: str, label_first: bool = False) -> str:
+    """Qwen2.5-VL's grounding reply for one box (model-frame pixels). ``label_first`` writes the
+    label before ``bbox_2d`` (the parser reads either order): the name the prompt asked for then
+    sits right before the coordinates, one local look-back instead of a look-up across the prompt."""
+    fields = {"label": label, "bbox_2d": [int(v) for v in box]} if label_first else {"bbox_2d": [int(v) for v in box], "label": label}
+    obj = json.dumps(fields)
     return f"```json\n[\n    {obj}\n]\n```"
 
 
@@ -87,7 +90,7 @@ def snap(box, frame, step: int = LATTICE):
 
 
 def ground_examples(scene: Scene, budgets: Budgets = Budgets(), prompt: str = "locate",
-                    rng: random.Random | None = None) -> list[Example]:
+                    rng: random.Random | None = None, label_first: bool = False) -> list[Example]:
     """One grounding example per card of the scene, on the overview as fed. ``prompt``: a key of
     :data:`GROUND_PROMPTS`, or several joined by commas (one picked per card with ``rng``)."""
     overview = geometry.prepare(scene.image, None, **budgets.engine())
@@ -102,7 +105,7 @@ def ground_examples(scene: Scene, budgets: Budgets = Budgets(), prompt: str = "l
         # (x1, y1, x2, y2): original pixels → the overview's model frame, snapped to the lattice
         box = snap(geometry.to_frame(card.box, overview.frame, overview.region), overview.frame)
         out.append(Example("ground", GROUND_PROMPTS[rng.choice(wordings)].format(name=name), [overview.image],
-                           bbox_json(box, name),
+                           bbox_json(box, name, label_first),
                            {"seed": scene.seed, "name": name, "box_model": list(box), "frame": list(overview.frame),
                             "box_original": list(card.box)}))
     return out
@@ -154,7 +157,7 @@ def answer_example(scene: Scene, rng: random.Random, budgets: Budgets = Budgets(
                                             "answer": letter})
 
 
-def cell_examples(scene: Scene) -> list[Example]:
+def cell_examples(scene: Scene, label_first: bool = False) -> list[Example]:
     """One example per card: the board cell it sits in, as "row R, column C" (1-based) — a short
     answer that needs the same look-up as grounding (find the named card, say where it is)
     without a long reply, so a small model learns the look-up first."""
@@ -166,12 +169,14 @@ def cell_examples(scene: Scene) -> list[Example]:
         row, col = int((y1 + y2) / 2 * grid // size) + 1, int((x1 + x2) / 2 * grid // size) + 1
         name = f"{card.colour} card"
         out.append(Example("cell", CELL.format(name=name), [geometry.prepare(scene.image, None, **Budgets().engine()).image],
-                           f"row {row}, column {col}", {"seed": scene.seed, "name": name}))
+                           f"{name}: row {row}, column {col}" if label_first else f"row {row}, column {col}",
+                           {"seed": scene.seed, "name": name}))
     return out
 
 
 def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str] = SKILLS, simple: float = 0.3,
-                   prompt: str = "locate", jitter: int = 0, n_cards: tuple[int, int] = N_CARDS) -> list[Example]:
+                   prompt: str = "locate", jitter: int = 0, n_cards: tuple[int, int] = N_CARDS,
+                   label_first: bool = False) -> list[Example]:
     """Every example one scene gives: a grounding and a reading example per card and one direct
     answer. With probability ``simple`` the scene is a plain layout (no clutter) — an easier
     start for grounding."""
@@ -183,13 +188,13 @@ def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str
     scene = make_scene(seed, budgets=budgets, clutter=0.0 if rng.random() < simple else 1.0, n_cards=n_cards)
     out: list[Example] = []
     if "ground" in skills:
-        out += ground_examples(scene, budgets, prompt, rng)
+        out += ground_examples(scene, budgets, prompt, rng, label_first)
     if "read" in skills:
         out += read_examples(scene, rng, budgets, jitter)
     if "answer" in skills:
         out.append(answer_example(scene, rng, budgets))
     if "cell" in skills:
-        out += cell_examples(scene)
+        out += cell_examples(scene, label_first)
     return out
 
 

@@ -52,17 +52,17 @@ SIZES: dict[str, dict] = {
     # the CPU recipe (2 cores): ~25 min of skills, a few minutes of RL
     "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4, vision_steps=60,
                 skill_steps=2400, skill_batch=16, skill_lr=2e-3, ground_after=300, skill_eval_every=300,
-                skill_eval_scenes=8, rl_scenes=256, rl_steps=30, prompts_per_step=4, group_size=8, rl_lr=1e-3,
+                skill_eval_scenes=8, train_vision=True, label_first=True, rl_scenes=256, rl_steps=30, prompts_per_step=4, group_size=8, rl_lr=1e-3,
                 eval_scenes=50),
     # one H200 (not measured: no GPU session yet)
     "gpu": dict(hidden=512, layers=8, vision_hidden=256, vision_depth=6, vision_steps=300, vision_batch=64,
                 skill_steps=6000, skill_batch=64, skill_lr=1e-3, ground_after=500, skill_eval_every=1000,
-                skill_eval_scenes=25, rl_scenes=4000, rl_steps=150, prompts_per_step=32, group_size=8, rl_lr=5e-4,
+                skill_eval_scenes=25, train_vision=True, label_first=True, rl_scenes=4000, rl_steps=150, prompts_per_step=32, group_size=8, rl_lr=5e-4,
                 eval_scenes=200),
     # every stage end to end in about a minute (CI): checks the mechanics, not the learning
     "ci": dict(hidden=64, layers=2, vision_hidden=32, vision_depth=2, vocab_size=600, corpus_scenes=8,
                vision_steps=3, vision_batch=4, skill_steps=6, skill_batch=4, ground_after=2, skill_eval_every=6,
-               skill_eval_scenes=1, rl_scenes=8, rl_steps=4, prompts_per_step=2, group_size=2, lora_r=8,
+               skill_eval_scenes=1, train_vision=True, label_first=True, rl_scenes=8, rl_steps=4, prompts_per_step=2, group_size=2, lora_r=8,
                max_new_tokens=48, eval_scenes=2, stages="model,skills,rl,eval,ship"),
 }
 

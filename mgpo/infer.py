@@ -90,27 +90,23 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
 
-    from .playground.release import ReleaseError, is_release, resolve
+    from .playground.release import ReleaseError, apply_to_args
 
-    model, adapter, budgets = args.model, args.adapter, {"min_pixels": geometry.MIN_PIXELS,
-                                                         "max_pixels": geometry.MAX_PIXELS}
-    if is_release(args.model):   # a playground release: its model, checkpoint and pixel budgets
-        try:
-            model, release_adapter, budgets = resolve(args.model, args.checkpoint)
-        except ReleaseError as e:
-            print(f"error: {e}", file=err)
-            return 3
-        adapter = adapter or release_adapter
-    elif args.checkpoint:
-        print("error: --checkpoint needs --model to be a playground release folder (with checkpoints.json)", file=err)
+    try:   # --model may be a playground release: its model, checkpoint and pixel budgets
+        apply_to_args(args)
+    except ReleaseError as e:
+        print(f"error: {e}", file=err)
+        return 3
+    except ValueError as e:
+        print(f"error: {e}", file=err)
         return 2
     config = EngineConfig(
-        max_turns=args.max_turns, min_pixels=args.min_pixels or budgets["min_pixels"],
-        max_pixels=args.max_pixels or budgets["max_pixels"], box_rule=args.box_rule,
+        max_turns=args.max_turns, min_pixels=args.min_pixels or geometry.MIN_PIXELS,
+        max_pixels=args.max_pixels or geometry.MAX_PIXELS, box_rule=args.box_rule,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
     )
     try:
-        engine = Engine.from_pretrained(model, adapter, config=config, device=args.device)
+        engine = Engine.from_pretrained(args.model, args.adapter, config=config, device=args.device)
     except ModelLoadError as e:
         print(f"error: {e}", file=err)
         return 3

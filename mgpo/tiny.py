@@ -150,9 +150,11 @@ def build(
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = MAX_PIXELS,
     tokenizer=None,
+    embed_std: float | None = None,
 ) -> Path:
     """Write a tiny Qwen2.5-VL checkpoint to ``out_dir`` and return the path (``tokenizer``:
-    one from :func:`build_tokenizer`; the byte-level one by default)."""
+    one from :func:`build_tokenizer`; the byte-level one by default; ``embed_std``: draw the
+    token embeddings with this std instead of the config's 0.02)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -174,6 +176,9 @@ def build(
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    if embed_std:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_(0.0, embed_std)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out)

@@ -226,3 +226,15 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     assert [c.name for c in rel.checkpoints] == ["before RL", "early", "middle", "late"]
     assert (rel.folder / "README.md").read_text().count("| after RL |") == 2
     assert not (out / "rl_data" / "train.jsonl").read_text().count("box")   # RL never sees a box
+
+
+def test_tiny_build_draws_embeddings_with_the_asked_std(tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from mgpo.tiny import build
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(build(tmp_path / "m", embed_std=1.0))
+    std = model.get_input_embeddings().weight.std().item()
+    assert 0.9 < std < 1.1
+    default = Qwen2_5_VLForConditionalGeneration.from_pretrained(build(tmp_path / "d"))
+    assert default.get_input_embeddings().weight.std().item() < 0.05

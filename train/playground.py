@@ -77,7 +77,7 @@ class RecipeConfig:
     layers: int = 4
     vision_hidden: int = 128
     vision_depth: int = 4
-    embed_std: float = 1.0            # token-embedding init (0: the config's 0.02; see _reinit_embeddings)
+    embed_std: float = 1.0            # token-embedding init (0: the config's 0.02; see build_model)
     vocab_size: int = 1024            # byte-level BPE learned from the playground's texts (mgpo.playground.skills.corpus)
     corpus_scenes: int = 40
     # base skills, stage 0: the vision tower (a linear probe's targets; see pretrain_vision)
@@ -172,26 +172,11 @@ def build_model(cfg: RecipeConfig, out: Path) -> Path:
 
     b = Budgets().engine()
     tok = build_tokenizer(corpus(cfg.corpus_scenes), cfg.vocab_size)
-    path = build(out, seed=cfg.seed, layers=cfg.layers, hidden=cfg.hidden, vision_hidden=cfg.vision_hidden,
-                 vision_depth=cfg.vision_depth, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"], tokenizer=tok)
-    if cfg.embed_std:
-        _reinit_embeddings(path, cfg.embed_std, cfg.seed)
-    return path
-
-
-def _reinit_embeddings(path: Path, std: float, seed: int) -> None:
-    """Token embeddings drawn with ``std`` instead of the config's 0.02: with 0.02 a token's own
-    identity (norm ≈ 0.3) drowned under the first layer's output (norm ≈ 30) and the small model
-    never learned to look anything up from the prompt (its colour labels stayed at chance)."""
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    emb = model.get_input_embeddings().weight
-    with torch.no_grad():
-        emb.copy_(torch.randn(emb.shape, generator=gen) * std)
-    model.save_pretrained(path)
+    # embeddings with std embed_std: at the config's 0.02 (norm ≈ 0.3) a token's own identity drowned
+    # under the first layer's output (norm ≈ 30) and the model never learned to copy from the prompt
+    return build(out, seed=cfg.seed, layers=cfg.layers, hidden=cfg.hidden, vision_hidden=cfg.vision_hidden,
+                 vision_depth=cfg.vision_depth, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"], tokenizer=tok,
+                 embed_std=cfg.embed_std or None)
 
 
 # ----- stage 2: base skills ------------------------------------------------------------------------
@@ -388,7 +373,7 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
     return history
 
 
-def token_targets(scene, frame: tuple[int, int], budgets=None) -> tuple[list[int], list[int], list[int]]:
+def token_targets(scene, frame: tuple[int, int]) -> tuple[list[int], list[int], list[int]]:
     """Per merged visual token of the overview (raster order): the colour class of the card under
     its centre (0 = none, 1.. = :data:`COLOURS` order), its row and its column."""
     from mgpo.playground.world import COLOURS
@@ -414,15 +399,12 @@ def token_targets(scene, frame: tuple[int, int], budgets=None) -> tuple[list[int
 def digit_targets(scene, card, region, frame: tuple[int, int]) -> list[int]:
     """Per merged visual token of a crop of ``region`` fed at ``frame``: 1 + the card's digit
     where the token overlaps the digit's glyph, else 0."""
-    from mgpo.playground.font import DIGITS, GLYPH_H, GLYPH_W
+    from mgpo.playground.font import DIGITS
+    from mgpo.playground.world import glyph_box
 
-    dot = scene.layout.dot
-    lx1, ly1, lx2, ly2 = card.label
-    gx = (lx1 + lx2) // 2 - GLYPH_W * dot // 2 + card.offset[0]
-    gy = (ly1 + ly2) // 2 - GLYPH_H * dot // 2 + card.offset[1]
+    gx1, gy1, gx2, gy2 = glyph_box(card, scene.layout.dot)
     sx, sy = frame[0] / (region[2] - region[0]), frame[1] / (region[3] - region[1])
-    g = ((gx - region[0]) * sx, (gy - region[1]) * sy, (gx + GLYPH_W * dot - region[0]) * sx,
-         (gy + GLYPH_H * dot - region[1]) * sy)
+    g = ((gx1 - region[0]) * sx, (gy1 - region[1]) * sy, (gx2 - region[0]) * sx, (gy2 - region[1]) * sy)
     k = sorted(DIGITS).index(card.digit) + 1
     out = []
     for r in range(frame[1] // 28):

@@ -64,20 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..playground.release import ReleaseError, is_release, resolve
+    from ..playground.release import apply_to_args
 
-    if is_release(args.model):   # a playground release: its model, checkpoint and pixel budgets
-        try:
-            args.model, adapter, budgets = resolve(args.model, args.checkpoint)
-        except ReleaseError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        args.adapter = args.adapter or adapter
-        args.min_pixels = budgets["min_pixels"] if args.min_pixels is None else args.min_pixels
-        args.max_pixels = budgets["max_pixels"] if args.max_pixels is None else args.max_pixels
-    elif args.checkpoint:
-        print("error: --checkpoint needs --model to be a playground release folder (with checkpoints.json)",
-              file=sys.stderr)
+    try:   # --model may be a playground release: its model, checkpoint and pixel budgets
+        apply_to_args(args)
+    except ValueError as e:   # ReleaseError included
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.benchmark == "playground":
         from ..playground.world import Budgets

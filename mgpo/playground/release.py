@@ -132,6 +132,22 @@ def resolve(path: str | Path, checkpoint: str | None = None) -> tuple[str, str |
     return str(release.model), str(chosen.adapter) if chosen.adapter else None, Budgets().engine()
 
 
+def apply_to_args(args) -> None:
+    """Read ``--model RELEASE [--checkpoint NAME]`` for a command line (the CLI, the evaluator):
+    when ``args.model`` is a release folder, set the model, the checkpoint's adapter (unless
+    ``--adapter`` was given) and the release's pixel budgets (where ``--min/--max-pixels`` were
+    not). Raises :class:`ReleaseError` for a broken release or an unknown checkpoint, and a plain
+    ValueError for ``--checkpoint`` without a release."""
+    if not is_release(args.model):
+        if args.checkpoint:
+            raise ValueError("--checkpoint needs --model to be a playground release folder (with checkpoints.json)")
+        return
+    args.model, adapter, budgets = resolve(args.model, args.checkpoint)
+    args.adapter = args.adapter or adapter
+    args.min_pixels = budgets["min_pixels"] if args.min_pixels is None else args.min_pixels
+    args.max_pixels = budgets["max_pixels"] if args.max_pixels is None else args.max_pixels
+
+
 def _read_json(path: Path, required: bool):
     if not path.is_file():
         if required:

@@ -38,7 +38,7 @@ from PIL import Image
 
 from .. import geometry
 from ..prompts import LETTERS, format_choices, split_image
-from .world import CHOICE_SETS, COLOURS, LATTICE, N_CARDS, Budgets, Scene, make_scene, split_seeds
+from .world import CHOICE_SETS, COLOURS, GRID, LATTICE, N_CARDS, Budgets, Scene, make_scene, split_seeds
 
 SKILLS = ("ground", "read", "answer", "cell")
 
@@ -157,18 +157,19 @@ def answer_example(scene: Scene, rng: random.Random, budgets: Budgets = Budgets(
                                             "answer": letter})
 
 
-def cell_examples(scene: Scene, label_first: bool = False) -> list[Example]:
+def cell_examples(scene: Scene, budgets: Budgets = Budgets(), label_first: bool = False) -> list[Example]:
     """One example per card: the board cell it sits in, as "row R, column C" (1-based) — a short
     answer that needs the same look-up as grounding (find the named card, say where it is)
     without a long reply, so a small model learns the look-up first."""
     size = scene.image.width
-    grid = scene.layout.grid or 4
+    grid = scene.layout.grid or GRID
+    overview = geometry.prepare(scene.image, None, **budgets.engine()).image
     out = []
     for card in scene.layout.cards:
         x1, y1, x2, y2 = card.box
         row, col = int((y1 + y2) / 2 * grid // size) + 1, int((x1 + x2) / 2 * grid // size) + 1
         name = f"{card.colour} card"
-        out.append(Example("cell", CELL.format(name=name), [geometry.prepare(scene.image, None, **Budgets().engine()).image],
+        out.append(Example("cell", CELL.format(name=name), [overview],
                            f"{name}: row {row}, column {col}" if label_first else f"row {row}, column {col}",
                            {"seed": scene.seed, "name": name}))
     return out
@@ -194,7 +195,7 @@ def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str
     if "answer" in skills:
         out.append(answer_example(scene, rng, budgets))
     if "cell" in skills:
-        out += cell_examples(scene, label_first)
+        out += cell_examples(scene, budgets, label_first)
     return out
 
 

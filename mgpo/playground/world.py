@@ -298,6 +298,15 @@ def _background(layout: Layout) -> Image.Image:
     return Image.fromarray(out, "RGB")
 
 
+def glyph_box(card: Card, dot: int, centred: bool = False) -> Box:
+    """Where the card's digit is painted, original pixels (``centred``: without its jitter)."""
+    lx1, ly1, lx2, ly2 = card.label
+    ox, oy = (0, 0) if centred else card.offset
+    gx = (lx1 + lx2) // 2 - GLYPH_W * dot // 2 + ox
+    gy = (ly1 + ly2) // 2 - GLYPH_H * dot // 2 + oy
+    return gx, gy, gx + GLYPH_W * dot, gy + GLYPH_H * dot
+
+
 def draw_card(image: Image.Image, card: Card, dot: int, clean: bool = False, digit: str | None = None) -> None:
     """Paint ``card`` onto ``image`` (in place). ``clean``: the card as its design says — no
     stains, digit centred, ink 40 — the template a reader could know; ``digit`` overrides it."""
@@ -316,9 +325,7 @@ def draw_card(image: Image.Image, card: Card, dot: int, clean: bool = False, dig
         for cx, cy, r, dark in card.stains:
             ldraw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(v - dark for v in paper))
     image.paste(label, (lx1, ly1))
-    ox, oy = (0, 0) if clean else card.offset
-    gx = (lx1 + lx2) // 2 - GLYPH_W * dot // 2 + ox
-    gy = (ly1 + ly2) // 2 - GLYPH_H * dot // 2 + oy
+    gx, gy, _, _ = glyph_box(card, dot, centred=clean)
     tone = 40 if clean else card.ink
     draw_digit(draw, digit or card.digit, gx, gy, dot, (tone, tone, tone),
                None if clean or not WEAR else random.Random(card.wear))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ from mgpo.parsing import extract_boxed, parse_bbox
 from mgpo.playground import legibility
 from mgpo.playground.font import DIGITS
 from mgpo.playground.skills import SKILLS, GROUND_PROMPTS, scene_examples, skill_examples
-from mgpo.playground.world import (CHOICE_SETS, COLOURS, SPLITS, Budgets, main as world_cli, make_scene, split_of,
-                                   split_seeds)
+from mgpo.playground.world import (CARD_ALPHA, CHOICE_SETS, COLOURS, SPLITS, Budgets, main as world_cli, make_scene, split_of,
+                                   render, split_seeds)
 from mgpo.prompts import LETTERS, get_prompts
 from mgpo.scripted import ScriptedBackend
 
@@ -60,8 +61,10 @@ def test_question_target_and_box_agree(seed):
     lx1, ly1, lx2, ly2 = s.target.label
     assert x1 < lx1 < lx2 < x2 and y1 < ly1 < ly2 < y2      # the detail lies inside the GT box
     px = np.asarray(s.image)
-    body = px[y1 + 30:y2 - 30, x1 + 30:x1 + 60].reshape(-1, 3).astype(int)   # a strip of the card body
-    assert np.abs(body - np.array(s.target.shade)).max() <= 1
+    # a strip of the card body: the card's shade over what lies under it (translucent, CARD_ALPHA)
+    under = np.asarray(render(replace(s.layout, cards=())))[y1 + 30:y2 - 30, x1 + 30:x1 + 60].reshape(-1, 3).astype(int)
+    body = px[y1 + 30:y2 - 30, x1 + 30:x1 + 60].reshape(-1, 3).astype(int)
+    assert np.abs(body - (CARD_ALPHA * np.array(s.target.shade) + (1 - CARD_ALPHA) * under)).max() <= 1.5
     ink = px[ly1:ly2, lx1:lx2].min()
     assert ink <= 70                                         # the digit is printed on the label
     # the box is a valid box in the overview's model frame, on the 14-px lattice
@@ -86,10 +89,11 @@ def test_legibility_window_equals_the_engines_full_resize():
 
 
 def test_digit_is_illegible_in_the_overview_and_legible_in_the_crop():
-    seeds = split_seeds("test", 50)
+    seeds = split_seeds("test", 100)
     res = legibility.summary(seeds)
     ov, cr = res["overview"], res["crop"]
-    # a template reader that knows the font and the card design: at chance on the overview ...
+    # a template reader that knows the font and the card design: near chance (25 %) on the
+    # overview (36 % on the first 200 test scenes; 50 scenes are too few for a bound: 46 % there) ...
     assert ov["match_rate"] <= 0.4
     # ... and right on (nearly) every crop
     assert cr["match_rate"] >= 0.96

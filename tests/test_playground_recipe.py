@@ -106,6 +106,41 @@ def test_rl_data_has_questions_and_answers_but_no_boxes(tmp_path):
     assert len(items) == 2 and report.n_skipped == 0
 
 
+def test_rendering_workers_give_the_same_data_in_the_same_order(tmp_path):
+    """The GPU recipe renders scenes in worker processes; the data must not depend on that."""
+    import itertools
+
+    def key(ex):
+        return ex.skill, ex.prompt, ex.target, [im.tobytes() for im in ex.images]
+
+    cfg = pg.RecipeConfig.for_size("ci", workers=0, skill_buffer=2)
+    alone = [(key(ex), system) for ex, system in itertools.islice(pg.skill_stream(cfg), 12)]
+    cfg.workers = 2
+    stream = pg.skill_stream(cfg)
+    assert [(key(ex), system) for ex, system in itertools.islice(stream, 12)] == alone
+    stream.close()                                     # stops the pool
+
+    seeds = list(range(3))
+    one = list(pg.scene_map(pg.probe_item, seeds))
+    two = list(pg.scene_map(pg.probe_item, seeds, workers=2))
+    assert [(a[0].tobytes(), a[1], a[2].tobytes(), a[3]) for a in one] == \
+        [(b[0].tobytes(), b[1], b[2].tobytes(), b[3]) for b in two]
+
+    a = pg.write_rl_data(tmp_path / "a", 3).read_text()
+    b = pg.write_rl_data(tmp_path / "b", 3, workers=2).read_text()
+    assert a == b and len(a.splitlines()) == 3
+    assert sorted(p.name for p in (tmp_path / "b" / "scenes").iterdir()) == sorted(p.name for p in (tmp_path / "a" / "scenes").iterdir())
+
+
+def test_data_workers_default_to_none_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(pg, "_cuda", lambda: False)
+    assert pg.data_workers(pg.RecipeConfig()) == 0
+    monkeypatch.setattr(pg, "_cuda", lambda: True)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert pg.data_workers(pg.RecipeConfig()) == 15
+    assert pg.data_workers(pg.RecipeConfig(workers=3)) == 3
+
+
 def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     from mgpo.playground.world import Budgets
 

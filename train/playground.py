@@ -40,6 +40,8 @@ Stages (each writes into ``--out``; ``--stages`` picks some):
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import math
 import random
@@ -115,6 +117,7 @@ class RecipeConfig:
     # eval (mgpo.eval on held-out test seeds)
     eval_scenes: int = 16
     eval_seed: int = 0                # first test-scene index
+    workers: int = -1                 # processes rendering scenes ahead of training (-1: CPUs - 1 with a GPU, else 0)
     stages: str = "model,skills,rl,eval"
     release: str = ""                 # the ship stage's folder ("" = OUT/release)
 
@@ -160,6 +163,46 @@ STAGES = ("model", "skills", "rl", "eval", "ship")
 
 def _log(msg: str) -> None:
     print(f"[playground] {msg}", file=sys.stderr, flush=True)
+
+
+def data_workers(cfg: RecipeConfig) -> int:
+    """Scene-rendering processes: ``cfg.workers``, or with -1 all CPUs but one when a GPU trains
+    (a 2048² scene takes ~0.08 s of one CPU, so a GPU step of 64 examples waits ~0.5 s on one
+    process) and none on a CPU-only machine (there the workers would take the training's cores)."""
+    import os
+
+    if cfg.workers >= 0:
+        return cfg.workers
+    return max(0, (os.cpu_count() or 1) - 1) if _cuda() else 0
+
+
+def scene_map(fn, seeds, workers: int = 0):
+    """``fn(seed)`` for each seed of the (possibly endless) iterable, in order. With ``workers`` > 0
+    that many processes compute ahead, at most ``4 × workers`` results waiting (bounded memory);
+    ``fn`` must be picklable (a module-level function or a ``functools.partial`` of one). The
+    results are the same as without workers."""
+    if workers <= 0:
+        yield from map(fn, seeds)
+        return
+    import collections
+    import multiprocessing
+
+    it = iter(seeds)
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pending = collections.deque(pool.apply_async(fn, (seed,)) for seed in itertools.islice(it, 4 * workers))
+        while pending:
+            result = pending.popleft().get()
+            for seed in itertools.islice(it, 1):
+                pending.append(pool.apply_async(fn, (seed,)))
+            yield result
+
+
+def _cycle(lo: int, hi: int, first: int):
+    """Seeds first, first + 1, … wrapping from hi - 1 back to lo."""
+    seed = first
+    while True:
+        yield seed
+        seed = lo if seed + 1 >= hi else seed + 1
 
 
 # ----- stage 1: the model --------------------------------------------------------------------------
@@ -238,16 +281,14 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
     rng = random.Random(f"{cfg.seed}:{split}:{start}")
     systems = [skill_system_prompt(k.strip()) for k in cfg.skill_system.split(",") if k.strip()]
     lo, hi = SPLITS[split]
-    seed = lo + start
+    make = functools.partial(scene_examples, budgets=Budgets(), skills=skills or cfg.skill_list(),
+                             prompt=cfg.skill_prompt, simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards),
+                             label_first=cfg.label_first)
+    scenes = scene_map(make, _cycle(lo, hi, lo + start), data_workers(cfg))
     buffer: list = []
     while True:
         while len(buffer) < cfg.skill_buffer * 10:
-            if seed >= hi:
-                seed = lo
-            buffer += scene_examples(seed, Budgets(), skills=skills or cfg.skill_list(), prompt=cfg.skill_prompt,
-                                     simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards),
-                                     label_first=cfg.label_first)
-            seed += 1
+            buffer += next(scenes)
         rng.shuffle(buffer)
         for _ in range(len(buffer) // 2):
             yield buffer.pop(), rng.choice(systems)
@@ -414,6 +455,21 @@ def digit_targets(scene, card, region, frame: tuple[int, int]) -> list[int]:
     return out
 
 
+def probe_item(seed: int, simple: float = 0.3, n_cards: tuple[int, int] = (4, 7)):
+    """One scene's vision-probe data: the overview as fed and its per-token targets
+    (:func:`token_targets`), one card's crop as fed and its per-token digit targets."""
+    from mgpo import geometry
+    from mgpo.playground.world import Budgets, make_scene
+
+    rng = random.Random(f"probe:{seed}")
+    b = Budgets().engine()
+    scene = make_scene(seed, budgets=Budgets(), clutter=0.0 if rng.random() < simple else 1.0, n_cards=n_cards)
+    ov = geometry.prepare(scene.image, None, **b)
+    card = rng.choice(scene.layout.cards)
+    crop = geometry.prepare(scene.image, card.box, **b)
+    return ov.image, token_targets(scene, ov.frame), crop.image, digit_targets(scene, card, card.box, crop.frame)
+
+
 def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> list[dict]:
     """Stage 0 of the base skills — what a pretrained vision encoder brings: the vision tower
     (and its merger) learn, through a linear probe thrown away afterwards, to tell for every
@@ -421,9 +477,8 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     box JSON, no question; only the tower's weights are kept."""
     import torch
 
-    from mgpo import geometry
     from mgpo.generation import QwenBackend
-    from mgpo.playground.world import COLOURS, SPLITS, Budgets, make_scene
+    from mgpo.playground.world import COLOURS, SPLITS, Budgets
 
     backend = QwenBackend(loaded.model, loaded.processor)
     core = backend.core
@@ -437,34 +492,33 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     visual.train()
     params = list(visual.parameters()) + list(head.parameters()) + list(digit_head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.0)
-    b = Budgets().engine()
-    seed = SPLITS["skills"][0] + 500_000          # a part of the skills range the text skills rarely reach
-    rng = random.Random(cfg.seed)
+    lo, hi = SPLITS["skills"]
+    first = lo + 500_000                          # a part of the skills range the text skills rarely reach
+    items = scene_map(functools.partial(probe_item, simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards)),
+                      _cycle(lo, hi, first), data_workers(cfg))
     history, t0 = [], time.perf_counter()
     log = log_path.open("w") if log_path else None
     try:
         for step in range(1, cfg.vision_steps + 1):
             fed, targets, crops, digits = [], [], [], []
-            for _ in range(cfg.vision_batch):
-                scene = make_scene(seed, budgets=Budgets(), clutter=0.0 if rng.random() < cfg.skill_simple else 1.0,
-                                   n_cards=(cfg.min_cards, cfg.max_cards))
-                seed += 1
-                ov = geometry.prepare(scene.image, None, **b)
-                fed.append(backend.feed_image(ov.image))
-                targets.append(token_targets(scene, ov.frame))
-                card = rng.choice(scene.layout.cards)
-                crop = geometry.prepare(scene.image, card.box, **b)
-                crops.append(backend.feed_image(crop.image))
-                digits += digit_targets(scene, card, card.box, crop.frame)
+            for overview, token_target, crop, digit_target in itertools.islice(items, cfg.vision_batch):
+                fed.append(backend.feed_image(overview))
+                targets.append(token_target)
+                crops.append(backend.feed_image(crop))
+                digits += digit_target
             feats = backend._image_features(fed)                       # (B·tokens, hidden)
             logits = head(feats.float())
             colour = torch.tensor([v for t in targets for v in t[0]], device=backend.device)
             row = torch.tensor([v for t in targets for v in t[1]], device=backend.device)
             col = torch.tensor([v for t in targets for v in t[2]], device=backend.device)
             ce = torch.nn.functional.cross_entropy
-            lc = ce(logits[:, :n_col], colour)
-            lr_ = ce(logits[:, n_col:n_col + n_pos], row)
-            lcol = ce(logits[:, n_col + n_pos:], col)
+            # colour and position on every token, and again on the card tokens alone: they are 2-3
+            # of the 64, and the language model finds a card by them, so they must say what and where
+            # (trained on all tokens together, the card tokens' own row and column stayed at chance)
+            on = colour > 0
+            lc = ce(logits[:, :n_col], colour) + ce(logits[on, :n_col], colour[on])
+            lr_ = ce(logits[:, n_col:n_col + n_pos], row) + ce(logits[on, n_col:n_col + n_pos], row[on])
+            lcol = ce(logits[:, n_col + n_pos:], col) + ce(logits[on, n_col + n_pos:], col[on])
             dlogits = digit_head(backend._image_features(crops).float())
             digit = torch.tensor(digits, device=backend.device)
             ld = ce(dlogits, digit)
@@ -478,6 +532,8 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
                        "card_colour": ((logits[:, :n_col].argmax(1) == colour)[colour > 0]).float().mean().item(),
                        "row": (logits[:, n_col:n_col + n_pos].argmax(1) == row).float().mean().item(),
                        "col": (logits[:, n_col + n_pos:].argmax(1) == col).float().mean().item(),
+                       "card_row": ((logits[:, n_col:n_col + n_pos].argmax(1) == row)[on]).float().mean().item(),
+                       "card_col": ((logits[:, n_col + n_pos:].argmax(1) == col)[on]).float().mean().item(),
                        "digit": ((dlogits.argmax(1) == digit)[digit > 0]).float().mean().item()}
             entry = {"step": step, "loss": loss.item(), "accuracy": acc, "seconds": time.perf_counter() - t0}
             history.append(entry)
@@ -487,6 +543,7 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
                 _log(f"vision step {step}/{cfg.vision_steps}: loss {loss.item():.3f} " +
                      ", ".join(f"{k} {v:.2f}" for k, v in acc.items()) + f" ({entry['seconds']:.0f}s)")
     finally:
+        items.close()
         if log:
             log.close()
     visual.requires_grad_(False)
@@ -515,25 +572,30 @@ def save_checkpoint(loaded, out: Path, card: str) -> Path:
 
 # ----- stage 3: RL ---------------------------------------------------------------------------------
 
-def write_rl_data(out: Path, n: int, start: int = 0) -> Path:
+def write_rl_data(out: Path, n: int, start: int = 0, workers: int = 0) -> Path:
     """``n`` scenes of the "train" split as PNG + JSONL (question, four choices, answer letter —
-    no box: the ground truth box never reaches RL)."""
-    from mgpo.playground.world import make_layout, render, split_seeds
+    no box: the ground truth box never reaches RL), rendered by ``workers`` processes (0: this one)."""
+    from mgpo.playground.world import split_seeds
 
-    images = out / "scenes"
-    images.mkdir(parents=True, exist_ok=True)
+    (out / "scenes").mkdir(parents=True, exist_ok=True)
     path = out / "train.jsonl"
     with path.open("w") as f:
-        for seed in split_seeds("train", n, start):
-            layout = make_layout(seed)
-            png = images / f"scene-{seed}.png"
-            if not png.is_file():      # a rerun reuses the scenes already written
-                render(layout).save(png, compress_level=1)
-            card = layout.cards[layout.target]
-            rec = {"image": str(png.relative_to(out)), "question": f"What is the number on the {card.colour} card?",
-                   "choices": list(layout.choices), "answer": layout.answer, "id": f"scene-{seed}"}
+        for rec in scene_map(functools.partial(_rl_record, out), split_seeds("train", n, start), workers):
             f.write(json.dumps(rec) + "\n")
     return path
+
+
+def _rl_record(out: Path, seed: int) -> dict:
+    """Scene ``seed`` as ``out/scenes/scene-SEED.png`` (kept if a rerun finds it) and its JSONL record."""
+    from mgpo.playground.world import make_layout, render
+
+    layout = make_layout(seed)
+    png = out / "scenes" / f"scene-{seed}.png"
+    if not png.is_file():
+        render(layout).save(png, compress_level=1)
+    card = layout.cards[layout.target]
+    return {"image": str(png.relative_to(out)), "question": f"What is the number on the {card.colour} card?",
+            "choices": list(layout.choices), "answer": layout.answer, "id": f"scene-{seed}"}
 
 
 def rl_config(cfg: RecipeConfig, base: Path, data: Path, out: Path):
@@ -571,7 +633,7 @@ def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
 
     from .loop import Trainer
 
-    data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes)
+    data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes, workers=data_workers(cfg))
     truth = {}
     for line in data.read_text().splitlines():
         rec = json.loads(line)

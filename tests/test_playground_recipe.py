@@ -132,6 +132,25 @@ def test_rendering_workers_give_the_same_data_in_the_same_order(tmp_path):
     assert sorted(p.name for p in (tmp_path / "b" / "scenes").iterdir()) == sorted(p.name for p in (tmp_path / "a" / "scenes").iterdir())
 
 
+def test_whiten_merger_keeps_only_the_probe_directions_whitened():
+    torch.manual_seed(0)
+    last = torch.nn.Linear(12, 16)
+    x = torch.randn(500, 12) * torch.linspace(0.1, 3.0, 12)
+    feats = last(x).detach()
+    directions = torch.randn(3, 16)
+    pg.whiten_merger(last, feats, directions)
+    out = last(x).detach()
+    q, _ = torch.linalg.qr(directions.T)
+    assert (out - out @ q @ q.T).abs().max() < 1e-4            # nothing outside the probe's span is left
+    z = out @ q
+    assert z.mean(0).abs().max() < 1e-4                        # centred ...
+    assert torch.allclose(z.T @ z / (len(z) - 1), torch.eye(3), atol=1e-3)   # ... and whitened
+    # what the probe read is still readable: the old projections are a linear function of the new
+    old = (feats - feats.mean(0)) @ q
+    fit = torch.linalg.lstsq(z, old).solution
+    assert (z @ fit - old).abs().max() < 1e-3
+
+
 def test_data_workers_default_to_none_without_a_gpu(monkeypatch):
     monkeypatch.setattr(pg, "_cuda", lambda: False)
     assert pg.data_workers(pg.RecipeConfig()) == 0

@@ -459,11 +459,14 @@ def digit_targets(scene, card, region, frame: tuple[int, int]) -> list[int]:
     return out
 
 
-def probe_item(seed: int, simple: float = 0.3, n_cards: tuple[int, int] = (4, 7)):
+def probe_item(seed: int, simple: float = 0.3, n_cards: tuple[int, int] | None = None):
     """One scene's vision-probe data: the overview as fed and its per-token targets
-    (:func:`token_targets`), one card's crop as fed and its per-token digit targets."""
+    (:func:`token_targets`), one card's crop as fed and its per-token digit targets
+    (``n_cards``: the world's own range by default)."""
     from mgpo import geometry
-    from mgpo.playground.world import Budgets, make_scene
+    from mgpo.playground.world import N_CARDS, Budgets, make_scene
+
+    n_cards = n_cards or N_CARDS
 
     rng = random.Random(f"probe:{seed}")
     b = Budgets().engine()
@@ -697,7 +700,7 @@ def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
 def run_eval(cfg: RecipeConfig, base: Path, adapter: Path | None, out: Path, mode: str) -> dict:
     """The eval harness on held-out test scenes (greedy), as ``python -m mgpo.eval --benchmark
     playground --seed S --limit N --model BASE [--adapter A] --mode MODE`` runs it."""
-    from mgpo.engine import Engine, EngineConfig
+    from mgpo.engine import Engine
     from mgpo.eval.datasets import open_benchmark
     from mgpo.eval.runner import EvalConfig, evaluate
     from mgpo.playground.world import Budgets
@@ -708,9 +711,8 @@ def run_eval(cfg: RecipeConfig, base: Path, adapter: Path | None, out: Path, mod
                       batch_size=8, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"],
                       max_new_tokens=cfg.max_new_tokens, seed=cfg.eval_seed)
     bench = open_benchmark("playground", None, None, seed=cfg.eval_seed, limit=cfg.eval_scenes)
-    engine = Engine.from_pretrained(str(base), str(adapter) if adapter else None, config=EngineConfig(
-        max_turns=2, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"], max_new_tokens=cfg.max_new_tokens,
-        temperature=0.0, seed=cfg.eval_seed), device="cpu" if not _cuda() else None)
+    engine = Engine.from_pretrained(str(base), ecfg.adapter, config=ecfg.engine_config(),
+                                    device="cpu" if not _cuda() else None)
     return evaluate(engine, bench, ecfg, progress=False, overwrite=True)
 
 
@@ -738,8 +740,11 @@ def rl_curve(metrics_path: Path) -> list[dict]:
 
 # ----- stage 5: the release ------------------------------------------------------------------------
 
-RELEASE_CURVES = [("reward", "mean reward (binary accuracy)"), ("valid_box", "valid-box ratio"),
-                  ("iou", "IoU with the hidden box (analysis only)")]
+def _release_curves() -> list[tuple[str, str]]:
+    """The panels of the release's curves.png: the trainer's own reward, valid-box and IoU curves."""
+    from .metrics import CURVES
+
+    return [(k, t) for k, t in CURVES if k in ("reward", "valid_box", "iou")]
 
 
 def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
@@ -768,7 +773,7 @@ def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
             checkpoints.append(Checkpoint(name, step, tmp / "adapters" / src.name))
     if (rl_dir / "metrics.jsonl").is_file():
         shutil.copy(rl_dir / "metrics.jsonl", tmp / "metrics.jsonl")
-        plot(tmp / "metrics.jsonl", tmp / "curves.png", RELEASE_CURVES)
+        plot(tmp / "metrics.jsonl", tmp / "curves.png", _release_curves())
     for name in ("skills.jsonl", "recipe.json"):
         if (out / name).is_file():
             shutil.copy(out / name, tmp / name)
@@ -801,9 +806,6 @@ def release_card(cfg: RecipeConfig, summary: dict, checkpoints) -> str:
     held = skills.get("eval") or {}
     curve = summary.get("rl_curve") or []
     ckpts = ", ".join(f"{c.name} (step {c.step})" for c in checkpoints)
-    from mgpo.playground.world import Budgets
-
-    b = Budgets().engine()
     return f"""---
 license: apache-2.0
 library_name: transformers
@@ -820,12 +822,8 @@ weights by `python -m train.playground` (recipe settings in `recipe.json`). It o
 the question asks for the digit on one card, which is illegible in the 224-px overview the model sees first.
 
 ## How it was made
-1. **Base skills** (`model/`, full fine-tune, {cfg.skill_steps} steps × {cfg.skill_batch} examples, AdamW lr
-   {cfg.skill_lr}, fresh scenes of the "skills" seed range): grounding a card *by its colour* ("Locate the red card
-   … in JSON format" / "Where is the red card? Out the coordinates …" → Qwen's `bbox_2d` JSON on the overview),
-   reading a card's close-up (the crop as turn 2 feeds it → `\\boxed{{digit}}` or the letter of four choices),
-   and direct answers to questions the overview does answer (colours present, number of cards). Never the task's
-   question → box. Held-out skill scores at the end: {", ".join(f"{k} {v:.2f}" for k, v in held.items()) or "–"}.
+1. **Base skills** (`model/`): {skills_text(cfg)} Held-out skill scores at the end:
+   {", ".join(f"{k} {v:.2f}" for k, v in held.items()) or "–"}.
 2. **MGPO RL** (`adapters/`, LoRA r {cfg.lora_r} on the language model, {cfg.rl_steps} steps × {cfg.prompts_per_step}
    prompts × {cfg.group_size} samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}) with the project's trainer
    on scenes of the "train" seed range, the paper's prompts and the **binary accuracy reward only**; the
@@ -837,10 +835,11 @@ the question asks for the digit on one card, which is illegible in the 224-px ov
 RL reward per step: {" ".join(f"{r['reward']:.2f}" for r in curve) or "–"}
 
 ## Use
+RELEASE is this folder.
 ```bash
-python -m mgpo.infer --model examples/playground/model --adapter examples/playground/adapters/<step> \\
-    --min-pixels {b['min_pixels']} --max-pixels {b['max_pixels']} --image scene.png --question "What is the number on the red card?"
-python app.py   # the Playground tab loads this folder
+python -m mgpo.infer --model RELEASE --checkpoint late --image scene.png \\
+    --question "What is the number on the red card?" --choices 1 4 7 9   # its model, adapter and pixel budgets
+python app.py --playground RELEASE   # the Playground tab
 ```
 """
 
@@ -929,14 +928,28 @@ def _check_inputs(cfg: RecipeConfig, stages: list[str], random_dir: Path, base_d
                          "(--stages model,skills,...)")
 
 
+def skills_text(cfg: RecipeConfig) -> str:
+    """What the base-skills stage trained, in words (the base checkpoint's card and the release's)."""
+    names = {"ground": "grounding a card *by its colour* (Qwen's `bbox_2d` JSON on the overview; wordings "
+                       f"{cfg.skill_prompt!r})",
+             "cell": "the board cell a named card sits in",
+             "read": "reading a card's close-up (the crop as turn 2 feeds it → the digit or the letter of four choices)",
+             "answer": "direct answers to questions the overview does answer (colours present, number of cards)"}
+    vision = (f"{cfg.vision_steps} steps of vision-tower probe pretraining (card colour, row and column per overview "
+              f"token, digit per crop token{', merger output whitened onto the probe directions' if cfg.vision_whiten else ''}), then "
+              if cfg.vision_steps else "")
+    skills = "; ".join(names[k] for k in cfg.skill_list() if k in names)
+    return (f"{vision}a full fine-tune for {cfg.skill_steps} steps × {cfg.skill_batch} examples (AdamW lr {cfg.skill_lr}) "
+            f"on fresh scenes of the \"skills\" seed range with {cfg.min_cards}–{cfg.max_cards} cards: {skills}"
+            f"{f' (grounding joins after {cfg.ground_after} steps)' if cfg.ground_after and 'ground' in cfg.skill_list() else ''}. "
+            "Never the task's question → box.")
+
+
 def _card(cfg: RecipeConfig, hist: list[dict]) -> str:
     last = hist[-1]["loss"] if hist else float("nan")
     return (f"# playground base model ({cfg.size} recipe)\n\nA random Qwen2.5-VL (text {cfg.hidden}×{cfg.layers}, "
-            f"vision {cfg.vision_hidden}×{cfg.vision_depth}, byte tokenizer) fully fine-tuned for {cfg.skill_steps} "
-            f"steps × {cfg.skill_batch} examples on mgpo.playground.skills examples from consecutive scenes of "
-            f"the 'skills' seed range: grounding cards by name ({cfg.skill_prompt!r} prompt, bbox_2d JSON), reading "
-            f"card close-ups, direct answers about colours/counts. Never the task's question → box. Final loss "
-            f"{last:.3f}. Built by `python -m train.playground`.\n")
+            f"vision {cfg.vision_hidden}×{cfg.vision_depth}, BPE tokenizer of {cfg.vocab_size} entries) after "
+            f"{skills_text(cfg)} Final loss {last:.3f}. Built by `python -m train.playground`.\n")
 
 
 def _flag(text: str) -> bool:

@@ -88,15 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.overwrite and out.is_dir():   # refuse a mismatched resume before loading weights
             name = cfg.model + (f" + {cfg.adapter}" if cfg.adapter else "")
             check_resume(out, make_protocol(name, bench, cfg), write=False)
-        from ..engine import Engine, EngineConfig
+        from ..engine import Engine
         from ..model import ModelLoadError
 
-        engine_cfg = EngineConfig(prompts=cfg.prompts, max_turns=cfg.max_turns, min_pixels=cfg.min_pixels,
-                                  max_pixels=cfg.max_pixels, box_rule=cfg.box_rule,
-                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                  top_p=cfg.top_p, top_k=cfg.top_k, seed=cfg.seed)
         try:
-            engine = Engine.from_pretrained(cfg.model, cfg.adapter, config=engine_cfg, device=args.device,
+            engine = Engine.from_pretrained(cfg.model, cfg.adapter, config=cfg.engine_config(), device=args.device,
                                             dtype=args.dtype)
         except ModelLoadError as e:
             raise EvalError(str(e)) from None

@@ -90,6 +90,14 @@ class EvalConfig:
         return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                         max_new_tokens=self.max_new_tokens, seed=self.seed)
 
+    def engine_config(self):
+        """The :class:`~mgpo.engine.EngineConfig` an engine for this evaluation is built with."""
+        from ..engine import EngineConfig
+
+        return EngineConfig(prompts=self.prompts, max_turns=self.max_turns, min_pixels=self.min_pixels,
+                            max_pixels=self.max_pixels, box_rule=self.box_rule, max_new_tokens=self.max_new_tokens,
+                            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed)
+
     def engine_settings(self) -> dict:
         """Per-call engine settings, so the protocol recorded is the one that ran."""
         return dict(min_pixels=self.min_pixels, max_pixels=self.max_pixels, box_rule=self.box_rule,

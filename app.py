@@ -475,9 +475,10 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
 # ----- the Playground tab ------------------------------------------------------------------------
 
 PLAYGROUND_INTRO = (
-    "A generated world where the answer needs the zoom: each 2048×2048 scene has 4–7 coloured cards, and the "
-    "question asks for the digit on one of them. In turn 1 the model sees a 224×224 overview: the card is easy "
-    "to find, but its digit is a 2-pixel smudge; in the crop of the card the digit is readable. The model is a "
+    "A generated world where the answer needs the zoom: each 2048×2048 scene hides one small coloured card in "
+    "clutter, and the question asks which way the fine stripes on its label run. In turn 1 the model sees a "
+    "224×224 overview: the card is easy to find, but its stripes blur to a flat grey square; in the crop of the "
+    "card they are plain to see. The model is a "
     "small Qwen2.5-VL trained here from random weights: base skills first (finding cards by name, reading "
     "close-ups), then MGPO RL with the answer reward alone: it never saw a box for this question. Pick a "
     "checkpoint to compare before and after RL. The card's true place (green, dashed) is shown after the run."

@@ -169,7 +169,7 @@ def card_boxer(scene, right: bool):
     def reply(sample, turn, message):
         if turn == 1:
             return "The card is here. " + BOX_TEXT % (frame_box if right else (200, 200, 300, 300))
-        return f"The digit reads clearly. \\boxed{{{letter}}}"
+        return f"The stripes are clear. \\boxed{{{letter}}}"
 
     return Engine(ScriptedBackend(reply, chunk=4), name="scripted card boxer")
 

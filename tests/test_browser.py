@@ -201,7 +201,7 @@ def test_playground_tab_runs_a_checkpoint_on_a_new_scene(page, playground_url):
     lo, hi = app.SPLITS["test"]
     assert lo <= seed < hi
     page.wait_for_function(f"document.querySelector('#pg-scene').innerText.includes('Seed {seed}')", timeout=20_000)
-    assert "What is the number on the" in page.locator("#pg-scene").inner_text()
+    assert "Which way do the stripes on the" in page.locator("#pg-scene").inner_text()
     page.locator("#pg-checkpoint").get_by_text("early (step 10)").click()
     assert page.locator("#pg-checkpoint").get_by_label("early (step 10)").is_checked()
     page.locator("#pg-run").click()

@@ -179,6 +179,24 @@ def test_bad_settings_are_clear_errors(capsys):
         pg.RecipeConfig(skill_prompt="nope").check()
     assert pg.main(["--out", "/tmp/x", "--group-size", "0"]) == 2
     assert "group_size must be at least 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not SKILLS:STEPS:LR"):
+        pg.RecipeConfig(curriculum="cell:600").check()
+    with pytest.raises(ValueError, match="unknown skill"):
+        pg.RecipeConfig(curriculum="cell:6:1e-3 juggle:6:1e-3").check()
+    with pytest.raises(ValueError, match="learning rate > 0"):
+        pg.RecipeConfig(curriculum="cell:6:0").check()
+    assert pg.main(["--out", "/tmp/x", "--curriculum", "cell:six:1e-3"]) == 2
+    assert "not SKILLS:STEPS:LR" in capsys.readouterr().err
+
+
+def test_curriculum_phases_keep_their_own_skills_steps_and_rates():
+    cfg = pg.RecipeConfig(curriculum="cell:600:2e-3  cell,ground:900:5e-4 cell,ground,read:300:5e-4")
+    assert cfg.phases() == [pg.Phase(("cell",), 600, 2e-3), pg.Phase(("cell", "ground"), 900, 5e-4),
+                            pg.Phase(("cell", "ground", "read"), 300, 5e-4)]
+    assert cfg.skill_list() == ("cell", "ground", "read") and sum(ph.steps for ph in cfg.phases()) == 1800
+    plain = pg.RecipeConfig(skills="ground,read", skill_steps=7, skill_lr=1e-3)   # no curriculum: one phase
+    assert plain.phases() == [pg.Phase(("ground", "read"), 7, 1e-3)]
+    assert "cell for 600 steps at lr 0.002, then cell+ground for 900 steps at lr 0.0005" in pg.skills_text(cfg)
 
 
 def _mean(xs):
@@ -269,11 +287,14 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     cfg = pg.RecipeConfig.for_size("ci", out=str(tmp_path / "pg"))
     summary = pg.run(cfg)
     out = tmp_path / "pg"
-    assert summary["vision"]["steps"] == 3 and set(summary["vision"]["accuracy"]) >= {"colour", "row", "col", "digit"}
+    assert summary["vision"]["steps"] == 3 and set(summary["vision"]["accuracy"]) >= {"colour", "row", "col", "stripes"}
     skills = [json.loads(line) for line in (out / "skills.jsonl").read_text().splitlines()]
     assert len(skills) == 6
-    assert not any("ground" in r["skill_loss"] for r in skills[:2])          # ground_after=2: a curriculum
-    assert any("ground" in r["skill_loss"] for r in skills[2:])
+    # the ci curriculum "cell,read:3:2e-3 cell,ground,read,answer:3:1e-3": grounding joins in phase 2
+    assert [r["phase"] for r in skills] == [1, 1, 1, 2, 2, 2]
+    assert not any({"ground", "answer"} & set(r["skill_loss"]) for r in skills[:3])
+    assert any("ground" in r["skill_loss"] for r in skills[3:])
+    assert skills[0]["lr"] != skills[3]["lr"]
     assert set(summary["skills"]["eval"]) == {"answer", "cell", "ground_hit", "ground_iou", "ground_valid", "read"}
     rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(0.0 <= r["iou"] <= 1.0 for r in rows)

@@ -12,14 +12,15 @@ Stages (each writes into ``--out``; ``--stages`` picks some):
 2. **skills** — what a pretrained VLM brings, taught on the "skills" seed range, never the task's
    question → box: (0) ``vision_steps`` of vision-tower pretraining through a linear probe thrown
    away afterwards (which card colour is under each overview token, and the token's row and
-   column, again on the card tokens alone; the digit under each crop token), then with
+   column, again on the card tokens alone; the stripes' orientation under each crop token), then with
    ``vision_whiten`` the merger's output reduced to the probe's directions, whitened
    (:func:`whiten_merger`), and scaled to a token embedding's norm; scenes are rendered in
    ``workers`` processes with a GPU (:func:`scene_map`); (1) supervised text
    skills on a stream of fresh scenes — grounding cards *by name* (``bbox_2d`` JSON on the
    overview), the board cell a named card sits in, reading a card's close-up
-   (``\\boxed{digit}`` / ``\\boxed{letter}``), direct answers to questions the overview answers
-   (colours present, card count); grounding joins after ``ground_after`` steps. Each example's
+   (``\\boxed{orientation}`` / ``\\boxed{letter}``), direct answers to questions the overview answers
+   (colours present, card count), in the phases of ``curriculum`` (each its own skills and learning
+   rate, e.g. the board cell first, then grounding, then reading, earlier skills kept). Each example's
    tokens come from the engine's own assembly (``QwenBackend.start`` on the user turn, then the
    target tokens + ``<|im_end|>`` with ``policy=1``) and the loss is −mean log π(target token)
    from the trainer's forward; full fine-tune of the language model, AdamW → ``OUT/base``
@@ -53,22 +54,29 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from mgpo.playground.world import N_CARDS
+
 SIZES: dict[str, dict] = {
-    # the CPU recipe (2 cores): ~25 min of skills, a few minutes of RL
+    # the CPU recipe (2 cores): one card per scene; the vision probe, then the board cell alone, then
+    # grounding joins at a quarter of the learning rate (at the full rate it wiped the cell look-up
+    # out), then reading — the curriculum that first taught grounding on CPU (README "Playground")
     "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4, vision_steps=60,
-                skill_steps=2400, skill_batch=16, skill_lr=2e-3, ground_after=300, skill_eval_every=300,
-                skill_eval_scenes=8, train_vision=True, vision_whiten=True, label_first=True, rl_scenes=256, rl_steps=30, prompts_per_step=4, group_size=8, rl_lr=1e-3,
-                eval_scenes=50),
+                curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,read:300:5e-4", skill_batch=16,
+                skill_simple=1.0, skill_system="mgpo", skill_eval_every=300, skill_eval_scenes=32,
+                train_vision=False, vision_whiten=True, rl_scenes=256, rl_steps=30, prompts_per_step=4,
+                group_size=8, rl_lr=1e-3, eval_scenes=50),
     # one H200 (not measured: no GPU session yet)
     "gpu": dict(hidden=512, layers=8, vision_hidden=256, vision_depth=6, vision_steps=300, vision_batch=64,
-                skill_steps=6000, skill_batch=64, skill_lr=1e-3, ground_after=500, skill_eval_every=1000,
-                skill_eval_scenes=25, train_vision=True, vision_whiten=True, label_first=True, rl_scenes=4000, rl_steps=150, prompts_per_step=32, group_size=8, rl_lr=5e-4,
-                eval_scenes=200),
+                curriculum="cell:1500:1e-3 cell,ground:2500:5e-4 cell,ground,read,answer:2000:5e-4", skill_batch=64,
+                skill_simple=0.5, skill_system="mgpo", skill_eval_every=1000, skill_eval_scenes=25,
+                train_vision=False, vision_whiten=True, rl_scenes=4000, rl_steps=150, prompts_per_step=32,
+                group_size=8, rl_lr=5e-4, eval_scenes=200),
     # every stage end to end in about a minute (CI): checks the mechanics, not the learning
     "ci": dict(hidden=64, layers=2, vision_hidden=32, vision_depth=2, vocab_size=600, corpus_scenes=8,
-               vision_steps=3, vision_batch=4, skill_steps=6, skill_batch=4, ground_after=2, skill_eval_every=6,
-               skill_eval_scenes=1, train_vision=True, vision_whiten=True, label_first=True, rl_scenes=8, rl_steps=4, prompts_per_step=2, group_size=2, lora_r=8,
-               max_new_tokens=48, eval_scenes=2, stages="model,skills,rl,eval,ship"),
+               vision_steps=3, vision_batch=4, curriculum="cell,read:3:2e-3 cell,ground,read,answer:3:1e-3",
+               skill_batch=4, skill_eval_every=6, skill_eval_scenes=1, train_vision=True, vision_whiten=True,
+               rl_scenes=8, rl_steps=4, prompts_per_step=2, group_size=2, lora_r=8, max_new_tokens=48,
+               eval_scenes=2, stages="model,skills,rl,eval,ship"),
 }
 
 
@@ -92,7 +100,7 @@ class RecipeConfig:
     train_vision: bool = False        # the text skills also train the vision tower (else it stays as stage 0 left it)
     vision_whiten: bool = False       # after the probe, keep only its directions, whitened (see whiten_merger)
     # base skills (supervised)
-    skill_steps: int = 60             # optimizer steps
+    skill_steps: int = 60             # optimizer steps (without a curriculum)
     skill_batch: int = 16             # examples per step
     skill_lr: float = 2e-3
     skill_prompt: str = "locate,where"   # grounding wordings (mgpo.playground.skills.GROUND_PROMPTS), one per example
@@ -101,11 +109,14 @@ class RecipeConfig:
     skill_buffer: int = 8             # scenes shuffled together in the example stream
     skill_eval_every: int = 0         # held-out skill scores every N steps (0: at the end only if > 0 steps)
     skill_eval_scenes: int = 12
-    skills: str = "ground,read,answer,cell"   # mgpo.playground.skills.SKILLS in the mix
+    skills: str = "ground,read,answer,cell"   # mgpo.playground.skills.SKILLS in the mix (without a curriculum)
+    # phases "SKILLS:STEPS:LR" separated by spaces, e.g. "cell:600:2e-3 cell,ground:900:5e-4": each
+    # phase trains its skills (earlier ones kept by naming them again) with its own learning rate;
+    # "" = one phase of skills / skill_steps / skill_lr
+    curriculum: str = ""
     label_first: bool = False         # grounding/cell replies name the card first (mgpo.playground.skills.bbox_json)
-    ground_after: int = 0             # steps of the other skills before grounding joins the mix (a curriculum)
-    min_cards: int = 4                # cards per scene (the world's default 4–7)
-    max_cards: int = 7
+    min_cards: int = N_CARDS[0]       # cards per scene (the world's default)
+    max_cards: int = N_CARDS[1]
     skills_from: str = ""             # continue the skills stage from this checkpoint ("" = OUT/random)
     # RL (train.loop)
     rl_scenes: int = 64               # scenes of the "train" split
@@ -132,7 +143,7 @@ class RecipeConfig:
         return cls(size=size, **{**SIZES[size], **{k: v for k, v in overrides.items() if v is not None}})
 
     def check(self) -> "RecipeConfig":
-        from mgpo.playground.skills import GROUND_PROMPTS
+        from mgpo.playground.skills import GROUND_PROMPTS, SKILLS
 
         problems = []
         for name in ("hidden", "layers", "vision_hidden", "vision_depth", "skill_batch", "rl_scenes",
@@ -148,6 +159,16 @@ class RecipeConfig:
             problems.append(f"skill_prompt must be one or more of {', '.join(GROUND_PROMPTS)} (comma-separated)")
         if not set(w.strip() for w in self.skill_system.split(",")) <= {"mgpo", "default"}:
             problems.append("skill_system must be mgpo, default or both (comma-separated)")
+        try:
+            phases = self.phases()
+        except ValueError as e:
+            problems.append(str(e))
+            phases = []
+        bad = sorted({n for ph in phases for n in ph.skills if n not in SKILLS})
+        if bad:
+            problems.append(f"unknown skill(s) {', '.join(bad)}; choose from {', '.join(SKILLS)}")
+        if any(ph.steps < 0 or ph.lr <= 0 or not ph.skills for ph in phases):
+            problems.append("every curriculum phase needs skills, steps ≥ 0 and a learning rate > 0")
         unknown = [s for s in self.stage_list() if s not in STAGES]
         if unknown:
             problems.append(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
@@ -155,14 +176,41 @@ class RecipeConfig:
             raise ValueError("; ".join(problems))
         return self
 
+    def phases(self) -> list["Phase"]:
+        """The skills stage's phases: the curriculum, or one phase of skills / skill_steps / skill_lr."""
+        if not self.curriculum.strip():
+            return [Phase(_names(self.skills), self.skill_steps, self.skill_lr)]
+        out = []
+        for part in self.curriculum.split():
+            try:
+                names, steps, lr = part.split(":")
+                out.append(Phase(_names(names), int(steps), float(lr)))
+            except ValueError:
+                raise ValueError(f"curriculum phase {part!r} is not SKILLS:STEPS:LR (e.g. cell,ground:900:5e-4)") from None
+        return out
+
     def skill_list(self) -> tuple[str, ...]:
-        return tuple(s.strip() for s in self.skills.split(",") if s.strip())
+        """Every skill the stage trains, in the order they first appear."""
+        return tuple(dict.fromkeys(name for ph in self.phases() for name in ph.skills))
 
     def stage_list(self) -> list[str]:
         return [s.strip() for s in self.stages.split(",") if s.strip()]
 
 
 STAGES = ("model", "skills", "rl", "eval", "ship")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of the skills stage."""
+
+    skills: tuple[str, ...]
+    steps: int
+    lr: float
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
 def _log(msg: str) -> None:
@@ -349,67 +397,76 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
 
 
 def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_to: Path | None = None) -> list[dict]:
-    """Full fine-tune on a stream of skill examples; returns the per-step log (loss per skill and,
-    every ``cfg.skill_eval_every`` steps, held-out skill scores). ``save_to``: also written there
-    at every evaluation, so a long run can be stopped and still leave a model."""
+    """Full fine-tune on streams of skill examples, phase by phase (:meth:`RecipeConfig.phases`:
+    each its own skills, steps and learning rate, a fresh AdamW with warm-up and cosine decay);
+    returns the per-step log (loss per skill and, every ``cfg.skill_eval_every`` steps and at the
+    end of each phase, held-out scores of every skill of the curriculum). ``save_to``: also
+    written there at every evaluation, so a long run can be stopped and still leave a model."""
     import torch
 
     from mgpo.generation import QwenBackend
 
     backend = QwenBackend(loaded.model, loaded.processor)
     core = backend.core
-    stream = skill_stream(cfg)
-    first = tuple(s for s in cfg.skill_list() if s != "ground")
-    warmup_stream = skill_stream(cfg, start=500_000, skills=first) if cfg.ground_after and first else None
     torch.manual_seed(cfg.seed)
     core.requires_grad_(True)
     if not cfg.train_vision and cfg.vision_steps:
         core.model.visual.requires_grad_(False)
     core.train()
-    opt = torch.optim.AdamW([p for p in core.parameters() if p.requires_grad], lr=cfg.skill_lr, weight_decay=0.0)
-    warm = max(1, min(100, cfg.skill_steps // 10))
-
-    def lr_at(k: int) -> float:   # linear warm-up, then cosine down to 10 %
-        if k < warm:
-            return (k + 1) / warm
-        t = (k - warm) / max(1, cfg.skill_steps - warm)
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    history = []
+    params = [p for p in core.parameters() if p.requires_grad]
+    phases = cfg.phases()
+    total = sum(ph.steps for ph in phases)
+    history: list[dict] = []
     t0 = time.perf_counter()
     log = log_path.open("w") if log_path else None
+    step = 0
     try:
-        for step in range(1, cfg.skill_steps + 1):
-            source = warmup_stream if warmup_stream is not None and step <= cfg.ground_after else stream
-            batch = [next(source) for _ in range(cfg.skill_batch)]
-            seqs = [example_sequence(backend, ex, system) for ex, system in batch]
-            loss, per_row = sft_loss(core, backend, seqs)
-            loss.backward()
-            grad = float(torch.nn.utils.clip_grad_norm_([p for p in core.parameters() if p.requires_grad], 1.0))
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            by_skill: dict[str, list[float]] = {}
-            for (ex, _), v in zip(batch, per_row.tolist()):
-                by_skill.setdefault(ex.skill, []).append(v)
-            row = {"step": step, "loss": float(loss.detach()), "grad_norm": grad, "lr": sched.get_last_lr()[0],
-                   "seconds": time.perf_counter() - t0,
-                   "skill_loss": {k: sum(v) / len(v) for k, v in sorted(by_skill.items())}}
-            if cfg.skill_eval_every and (step % cfg.skill_eval_every == 0 or step == cfg.skill_steps):
-                row["eval"] = skill_eval(backend, cfg, cfg.skill_eval_scenes)
-                _log(f"skills step {step}: held-out " + ", ".join(f"{k} {v:.2f}" for k, v in row["eval"].items()))
-                if save_to is not None:
-                    core.eval()
-                    save_checkpoint(loaded, save_to, _card(cfg, history + [row]))
-                    core.train()
-            history.append(row)
-            if log:
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-            if step == 1 or step % 25 == 0 or step == cfg.skill_steps:
-                parts = ", ".join(f"{k} {v:.3f}" for k, v in row["skill_loss"].items())
-                _log(f"skills step {step}/{cfg.skill_steps}: loss {row['loss']:.3f} ({parts}; {row['seconds']:.0f}s)")
+        for index, phase in enumerate(phases):
+            # each phase reads its own part of the skills seed range (the vision probe's starts at 500 000)
+            stream = skill_stream(cfg, start=(index * 100_000) % 500_000, skills=phase.skills)
+            opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.0)
+            warm = max(1, min(100, phase.steps // 10))
+
+            def lr_at(k: int, warm=warm, steps=phase.steps) -> float:   # linear warm-up, then cosine down to 10 %
+                if k < warm:
+                    return (k + 1) / warm
+                t = (k - warm) / max(1, steps - warm)
+                return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t)))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+            for k in range(1, phase.steps + 1):
+                step += 1
+                batch = [next(stream) for _ in range(cfg.skill_batch)]
+                seqs = [example_sequence(backend, ex, system) for ex, system in batch]
+                loss, per_row = sft_loss(core, backend, seqs)
+                loss.backward()
+                grad = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                by_skill: dict[str, list[float]] = {}
+                for (ex, _), v in zip(batch, per_row.tolist()):
+                    by_skill.setdefault(ex.skill, []).append(v)
+                row = {"step": step, "phase": index + 1, "loss": float(loss.detach()), "grad_norm": grad,
+                       "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0,
+                       "skill_loss": {name: sum(v) / len(v) for name, v in sorted(by_skill.items())}}
+                if cfg.skill_eval_every and (step % cfg.skill_eval_every == 0 or k == phase.steps):
+                    row["eval"] = skill_eval(backend, cfg, cfg.skill_eval_scenes)
+                    _log(f"skills step {step} (phase {index + 1}): held-out " +
+                         ", ".join(f"{name} {v:.2f}" for name, v in row["eval"].items()))
+                    if save_to is not None:
+                        core.eval()
+                        save_checkpoint(loaded, save_to, _card(cfg, history + [row]))
+                        core.train()
+                history.append(row)
+                if log:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                if step == 1 or step % 25 == 0 or k == phase.steps:
+                    parts = ", ".join(f"{name} {v:.3f}" for name, v in row["skill_loss"].items())
+                    _log(f"skills step {step}/{total} (phase {index + 1}/{len(phases)}): loss {row['loss']:.3f} "
+                         f"({parts}; {row['seconds']:.0f}s)")
+            stream.close()
     finally:
         if log:
             log.close()
@@ -441,16 +498,15 @@ def token_targets(scene, frame: tuple[int, int]) -> tuple[list[int], list[int], 
     return colour, rows, cols
 
 
-def digit_targets(scene, card, region, frame: tuple[int, int]) -> list[int]:
-    """Per merged visual token of a crop of ``region`` fed at ``frame``: 1 + the card's digit
-    where the token overlaps the digit's glyph, else 0."""
-    from mgpo.playground.font import DIGITS
-    from mgpo.playground.world import glyph_box
+def detail_targets(card, region, frame: tuple[int, int]) -> list[int]:
+    """Per merged visual token of a crop of ``region`` fed at ``frame``: 1 + the index of the
+    card's stripe orientation in :data:`PATTERNS` where the token overlaps the stripes, else 0."""
+    from mgpo.playground.world import PATTERNS
 
-    gx1, gy1, gx2, gy2 = glyph_box(card, scene.layout.dot)
+    gx1, gy1, gx2, gy2 = card.stripes
     sx, sy = frame[0] / (region[2] - region[0]), frame[1] / (region[3] - region[1])
     g = ((gx1 - region[0]) * sx, (gy1 - region[1]) * sy, (gx2 - region[0]) * sx, (gy2 - region[1]) * sy)
-    k = sorted(DIGITS).index(card.digit) + 1
+    k = PATTERNS.index(card.detail) + 1
     out = []
     for r in range(frame[1] // 28):
         for c in range(frame[0] // 28):
@@ -461,7 +517,7 @@ def digit_targets(scene, card, region, frame: tuple[int, int]) -> list[int]:
 
 def probe_item(seed: int, simple: float = 0.3, n_cards: tuple[int, int] | None = None):
     """One scene's vision-probe data: the overview as fed and its per-token targets
-    (:func:`token_targets`), one card's crop as fed and its per-token digit targets
+    (:func:`token_targets`), one card's crop as fed and its per-token stripe targets
     (``n_cards``: the world's own range by default)."""
     from mgpo import geometry
     from mgpo.playground.world import N_CARDS, Budgets, make_scene
@@ -474,18 +530,19 @@ def probe_item(seed: int, simple: float = 0.3, n_cards: tuple[int, int] | None =
     ov = geometry.prepare(scene.image, None, **b)
     card = rng.choice(scene.layout.cards)
     crop = geometry.prepare(scene.image, card.box, **b)
-    return ov.image, token_targets(scene, ov.frame), crop.image, digit_targets(scene, card, card.box, crop.frame)
+    return ov.image, token_targets(scene, ov.frame), crop.image, detail_targets(card, card.box, crop.frame)
 
 
 def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> list[dict]:
     """Stage 0 of the base skills — what a pretrained vision encoder brings: the vision tower
     (and its merger) learn, through a linear probe thrown away afterwards, to tell for every
-    overview token which card colour is there and where the token is (row, column). No text, no
-    box JSON, no question; only the tower's weights are kept."""
+    overview token which card colour is there and where the token is (row, column), and for every
+    token of a card's crop which way the stripes under it run. No text, no box JSON, no question;
+    only the tower's weights are kept."""
     import torch
 
     from mgpo.generation import QwenBackend
-    from mgpo.playground.world import COLOURS, SPLITS, Budgets
+    from mgpo.playground.world import COLOURS, PATTERNS, SPLITS, Budgets
 
     backend = QwenBackend(loaded.model, loaded.processor)
     core = backend.core
@@ -493,11 +550,11 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     side = Budgets().overview_max_pixels ** 0.5 // 28
     n_col, n_pos = len(COLOURS) + 1, int(side)
     head = torch.nn.Linear(core.config.text_config.hidden_size, n_col + 2 * n_pos).to(backend.device)
-    digit_head = torch.nn.Linear(core.config.text_config.hidden_size, 11).to(backend.device)
+    detail_head = torch.nn.Linear(core.config.text_config.hidden_size, 1 + len(PATTERNS)).to(backend.device)
     torch.manual_seed(cfg.seed)
     visual.requires_grad_(True)
     visual.train()
-    params = list(visual.parameters()) + list(head.parameters()) + list(digit_head.parameters())
+    params = list(visual.parameters()) + list(head.parameters()) + list(detail_head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.0)
     lo, hi = SPLITS["skills"]
     first = lo + 500_000                          # a part of the skills range the text skills rarely reach
@@ -507,12 +564,12 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     log = log_path.open("w") if log_path else None
     try:
         for step in range(1, cfg.vision_steps + 1):
-            fed, targets, crops, digits = [], [], [], []
-            for overview, token_target, crop, digit_target in itertools.islice(items, cfg.vision_batch):
+            fed, targets, crops, details = [], [], [], []
+            for overview, token_target, crop, detail_target in itertools.islice(items, cfg.vision_batch):
                 fed.append(backend.feed_image(overview))
                 targets.append(token_target)
                 crops.append(backend.feed_image(crop))
-                digits += digit_target
+                details += detail_target
             feats = backend._image_features(fed)                       # (B·tokens, hidden)
             logits = head(feats.float())
             colour = torch.tensor([v for t in targets for v in t[0]], device=backend.device)
@@ -526,10 +583,10 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
             lc = ce(logits[:, :n_col], colour) + ce(logits[on, :n_col], colour[on])
             lr_ = ce(logits[:, n_col:n_col + n_pos], row) + ce(logits[on, n_col:n_col + n_pos], row[on])
             lcol = ce(logits[:, n_col + n_pos:], col) + ce(logits[on, n_col + n_pos:], col[on])
-            dlogits = digit_head(backend._image_features(crops).float())
-            digit = torch.tensor(digits, device=backend.device)
-            glyph = digit > 0           # the few tokens the glyph touches, weighed as the card tokens are
-            ld = ce(dlogits, digit) + ce(dlogits[glyph], digit[glyph])
+            dlogits = detail_head(backend._image_features(crops).float())
+            detail = torch.tensor(details, device=backend.device)
+            striped = detail > 0        # the few tokens on the stripes, weighed as the card tokens are
+            ld = ce(dlogits, detail) + ce(dlogits[striped], detail[striped])
             loss = lc + lr_ + lcol + ld
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -542,7 +599,7 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
                        "col": (logits[:, n_col + n_pos:].argmax(1) == col).float().mean().item(),
                        "card_row": ((logits[:, n_col:n_col + n_pos].argmax(1) == row)[on]).float().mean().item(),
                        "card_col": ((logits[:, n_col + n_pos:].argmax(1) == col)[on]).float().mean().item(),
-                       "digit": ((dlogits.argmax(1) == digit)[digit > 0]).float().mean().item()}
+                       "stripes": ((dlogits.argmax(1) == detail)[striped]).float().mean().item()}
             entry = {"step": step, "loss": loss.item(), "accuracy": acc, "seconds": time.perf_counter() - t0}
             history.append(entry)
             if log:
@@ -564,7 +621,7 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     with torch.no_grad():
         if cfg.vision_whiten:
             whiten_merger(visual.merger.mlp[-1], torch.cat([backend._image_features(fed), backend._image_features(crops)]),
-                          torch.cat([head.weight, digit_head.weight]))
+                          torch.cat([head.weight, detail_head.weight]))
         norm = backend._image_features(fed).norm(dim=-1).mean().item()
         target = (cfg.embed_std or 0.02) * core.config.text_config.hidden_size ** 0.5
         last = visual.merger.mlp[-1]
@@ -624,14 +681,14 @@ def write_rl_data(out: Path, n: int, start: int = 0, workers: int = 0) -> Path:
 
 def _rl_record(out: Path, seed: int) -> dict:
     """Scene ``seed`` as ``out/scenes/scene-SEED.png`` (kept if a rerun finds it) and its JSONL record."""
-    from mgpo.playground.world import make_layout, render
+    from mgpo.playground.world import make_layout, question, render
 
     layout = make_layout(seed)
     png = out / "scenes" / f"scene-{seed}.png"
     if not png.is_file():
         render(layout).save(png, compress_level=1)
     card = layout.cards[layout.target]
-    return {"image": str(png.relative_to(out)), "question": f"What is the number on the {card.colour} card?",
+    return {"image": str(png.relative_to(out)), "question": question(f"{card.colour} card"),
             "choices": list(layout.choices), "answer": layout.answer, "id": f"scene-{seed}"}
 
 
@@ -818,8 +875,8 @@ tags: [mgpo, qwen2_5_vl, grounding, reinforcement-learning, synthetic]
 A small Qwen2.5-VL (text {cfg.hidden} × {cfg.layers} layers, vision {cfg.vision_hidden} × depth {cfg.vision_depth},
 byte-level BPE tokenizer of {cfg.vocab_size} entries learned from the playground's texts) trained from random
 weights by `python -m train.playground` (recipe settings in `recipe.json`). It only knows the playground world
-(`mgpo.playground.world`): 2048-px scenes with {cfg.min_cards}–{cfg.max_cards} coloured cards, one digit on each;
-the question asks for the digit on one card, which is illegible in the 224-px overview the model sees first.
+(`mgpo.playground.world`): 2048-px scenes with {_cards(cfg)}, a label with fine stripes on each;
+the question asks which way the stripes on one card run, which is illegible in the 224-px overview the model sees first.
 
 ## How it was made
 1. **Base skills** (`model/`): {skills_text(cfg)} Held-out skill scores at the end:
@@ -838,7 +895,8 @@ RL reward per step: {" ".join(f"{r['reward']:.2f}" for r in curve) or "–"}
 RELEASE is this folder.
 ```bash
 python -m mgpo.infer --model RELEASE --checkpoint late --image scene.png \\
-    --question "What is the number on the red card?" --choices 1 4 7 9   # its model, adapter and pixel budgets
+    --question "Which way do the stripes on the red card run?" \\
+    --choices horizontal vertical "rising diagonal" "falling diagonal"   # its model, adapter and pixel budgets
 python app.py --playground RELEASE   # the Playground tab
 ```
 """
@@ -933,16 +991,22 @@ def skills_text(cfg: RecipeConfig) -> str:
     names = {"ground": "grounding a card *by its colour* (Qwen's `bbox_2d` JSON on the overview; wordings "
                        f"{cfg.skill_prompt!r})",
              "cell": "the board cell a named card sits in",
-             "read": "reading a card's close-up (the crop as turn 2 feeds it → the digit or the letter of four choices)",
+             "read": "reading a card's close-up (the crop as turn 2 feeds it → the stripes' orientation or the letter of four choices)",
              "answer": "direct answers to questions the overview does answer (colours present, number of cards)"}
     vision = (f"{cfg.vision_steps} steps of vision-tower probe pretraining (card colour, row and column per overview "
-              f"token, digit per crop token{', merger output whitened onto the probe directions' if cfg.vision_whiten else ''}), then "
+              f"token, stripe orientation per crop token{', merger output whitened onto the probe directions' if cfg.vision_whiten else ''}), then "
               if cfg.vision_steps else "")
-    skills = "; ".join(names[k] for k in cfg.skill_list() if k in names)
-    return (f"{vision}a full fine-tune for {cfg.skill_steps} steps × {cfg.skill_batch} examples (AdamW lr {cfg.skill_lr}) "
-            f"on fresh scenes of the \"skills\" seed range with {cfg.min_cards}–{cfg.max_cards} cards: {skills}"
-            f"{f' (grounding joins after {cfg.ground_after} steps)' if cfg.ground_after and 'ground' in cfg.skill_list() else ''}. "
+    skills = "; ".join(f"{k}: {names[k]}" for k in cfg.skill_list() if k in names)
+    phases = ", then ".join(f"{'+'.join(ph.skills)} for {ph.steps} steps at lr {ph.lr:g}" for ph in cfg.phases())
+    return (f"{vision}a full fine-tune (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
+            f"on fresh scenes of the \"skills\" seed range with {_cards(cfg)}: {phases}. Skills: {skills}. "
             "Never the task's question → box.")
+
+
+def _cards(cfg: RecipeConfig) -> str:
+    if cfg.min_cards == cfg.max_cards:
+        return "one coloured card" if cfg.min_cards == 1 else f"{cfg.min_cards} coloured cards"
+    return f"{cfg.min_cards}–{cfg.max_cards} coloured cards"
 
 
 def _card(cfg: RecipeConfig, hist: list[dict]) -> str:

@@ -2,7 +2,6 @@
 (PIL, numpy, random — no torch).
 
 - :mod:`.world` — scenes (``make_scene``), pixel budgets, seed splits; ``python -m mgpo.playground.world``.
-- :mod:`.font` — the 5×7 dot-matrix digits the detail is printed in.
 - :mod:`.legibility` — measures "illegible in the overview, legible in the crop".
 - :mod:`.skills` — supervised base-skill examples (grounding by name, reading close-ups, direct answers).
 

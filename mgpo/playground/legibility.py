@@ -1,21 +1,21 @@
-"""Is the target's digit readable in what the model is fed? A measurement. Pure: PIL + numpy.
+"""Is the target's detail readable in what the model is fed? A measurement. Pure: PIL + numpy.
 
-For one scene, the target card is repainted with each of the four candidate digits (everything
+For one scene, the target card is repainted with each of the four candidate stripe orientations (everything
 else equal) and every version goes through the engine's own resize (:func:`mgpo.geometry.prepare`
 with the playground budgets): the whole image (turn 1's overview) and the target's box (the
 crop turn 2 gets). Two numbers per fed image:
 
 - ``separation``: the smallest RMS difference, in 8-bit grey levels over the label, between any
   two candidates' pixels — how far apart the four possible answers look.
-- ``match``: a template-matching reader. It knows the card design and the font (templates: the
-  card painted *clean* with each candidate digit, through the same resize) but not this copy's
-  nuisances (stains, ink tone, the digit's offset). It slides each template over the label by
-  up to the offset range (in fed pixels) and picks the candidate with the highest normalised
-  cross-correlation. ``match`` is True when that is the right digit.
+- ``match``: a template-matching reader. It knows the card design (templates: the card painted
+  *clean* with each candidate orientation, through the same resize) but not this copy's
+  nuisances (stains, ink tone). It slides each template over the label by up to one stripe
+  period (in fed pixels) and picks the candidate with the highest normalised
+  cross-correlation. ``match`` is True when that is the right orientation.
 
 The world is built so that the crop reads (match on ~all seeds, separation tens of levels) and the
 overview does not (match near chance 1/4, separation a few levels): ``python -m
-mgpo.playground.legibility --n 50`` prints both over held-out seeds.
+mgpo.playground.legibility --n 100`` prints both over held-out seeds.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ import numpy as np
 from PIL import Image
 
 from .. import geometry
-from .world import Budgets, Scene, lattice_step, make_scene, split_seeds, with_digit
+from .world import Budgets, Scene, lattice_step, make_scene, split_seeds, with_detail
 
 
 @dataclass(frozen=True)
 class Reading:
-    """What one fed image shows of the target's digit."""
+    """What one fed image shows of the target's detail."""
 
     separation: float     # min RMS grey-level difference between two candidates over the label
-    match: bool           # the template reader picked the right digit
+    match: bool           # the template reader picked the right orientation
     scores: tuple[float, ...]   # its correlation with each candidate, in choice order
 
 
@@ -101,13 +101,13 @@ def _fed(images: list[Image.Image], region, budgets: Budgets, window) -> tuple[l
 
 
 def measure(scene: Scene, budgets: Budgets = Budgets(), exact: bool = False) -> Legibility:
-    """Readings of the target's digit in the overview and in the crop of its box, as fed.
+    """Readings of the target's detail in the overview and in the crop of its box, as fed.
     ``exact``: resize the whole image for the overview (as the engine does) instead of a window."""
     card = scene.target
     right = scene.choices.index(scene.detail)
-    actual = [with_digit(scene, d) for d in scene.choices]
-    clean = [with_digit(scene, d, clean=True) for d in scene.choices]
-    jitter = max(abs(card.offset[0]), abs(card.offset[1]), 1)
+    actual = [with_detail(scene, d) for d in scene.choices]
+    clean = [with_detail(scene, d, clean=True) for d in scene.choices]
+    jitter = max(scene.layout.period, 1)                   # any phase within one period
     step = int(round(lattice_step(scene.image.width, budgets)))
     size = scene.image.width
     x1, y1, x2, y2 = card.box
@@ -116,8 +116,8 @@ def measure(scene: Scene, budgets: Budgets = Budgets(), exact: bool = False) -> 
     for region in (None, scene.box):
         grays, frame, shown = _fed([scene.image, *actual, *clean], region, budgets, window)
         scale = frame[0] / (shown[2] - shown[0])            # fed px per original px
-        shift = max(1, math.ceil(jitter * scale))           # search the offset range, ≥ 1 fed px
-        area = _region(card.label, frame, shown, 0)
+        shift = max(1, math.ceil(jitter * scale))           # search one period, ≥ 1 fed px
+        area = _region(card.stripes, frame, shown, 0)
         if area[2] - area[0] > 4 * shift:                   # keep the slid templates inside the label
             area = (area[0] + shift, area[1] + shift, area[2] - shift, area[3] - shift)
         out.append(_read(grays[0], grays[1:5], grays[5:9], area, shift, right))
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mgpo.playground.legibility", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", default="test")
-    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--n", type=int, default=100)
     p.add_argument("--start", type=int, default=0)
     args = p.parse_args(argv)
     try:

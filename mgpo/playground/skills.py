@@ -1,6 +1,6 @@
 """Supervised base-skill examples from playground scenes — what a pretrained VLM would bring.
 
-None of these is the MGPO task (question about a card's number → box); they are the abilities the
+None of these is the MGPO task (question about a card's stripes → box); they are the abilities the
 task needs, taught on their own prompts (NOTES "Playground feasibility"):
 
 1. ``ground`` — grounding by name on the overview: *"Locate the red card in the image. Output the
@@ -9,8 +9,8 @@ task needs, taught on their own prompts (NOTES "Playground feasibility"):
    turn-1 prompt ("Out the coordinates of the key image area relevant to the problem in JSON
    format."): a base model trained on an unrelated wording gave 0 valid boxes under MGPO's. Any
    card of the scene is named, not only the one a task question would ask about.
-2. ``read`` — reading a close-up: the crop of one card as turn 2 would feed it → ``\\boxed{7}``
-   (open form) or ``\\boxed{B}`` (four digits as choices).
+2. ``read`` — reading a close-up: the crop of one card as turn 2 would feed it → ``\\boxed{vertical}``
+   (open form) or ``\\boxed{B}`` (the four orientations as choices).
 3. ``answer`` — direct answers from the overview to questions the overview *does* answer (which
    colours the cards have, how many cards there are) → ``\\boxed{C}``. Without these, "an overview
    always gets a box" is a shortcut that makes RL's result trivial.
@@ -20,7 +20,7 @@ visual token). Cards sit exactly on that lattice, so the snap is lossless here (
 card), and a small model learns 17 possible values per coordinate instead of 225 — the coarse
 frame NOTES lists as the first idea to try. A multiple-of-28 grid would be coarser still but
 cannot express a 42-px card: its boxes would be 28 px (invalid: sides must exceed 28) or 56 px
-(a crop 1.8× larger, the digit that much smaller).
+(a crop 1.8× larger, the stripes that much finer).
 
 Every example is plain data (:class:`Example`): the user text with ``<image>`` where each image
 goes, the images as fed (already resized to their model frame with the playground budgets, so
@@ -38,7 +38,7 @@ from PIL import Image
 
 from .. import geometry
 from ..prompts import LETTERS, format_choices, split_image
-from .world import CHOICE_SETS, COLOURS, GRID, LATTICE, N_CARDS, Budgets, Scene, make_scene, split_seeds
+from .world import COLOURS, GRID, LATTICE, N_CARDS, PATTERNS, Budgets, Scene, make_scene, question, split_seeds
 
 SKILLS = ("ground", "read", "answer", "cell")
 
@@ -48,8 +48,8 @@ GROUND_PROMPTS = {
     "where": ("<image>Question: Where is the {name}? Out the coordinates of the key image area relevant to "
               "the problem in JSON format."),
 }
-READ_OPEN = "<image>What is the number on the card? Put the answer within \\boxed{}."
-READ_CHOICES = "<image>What is the number on the card?\n{choices}Answer with the option's letter within \\boxed{{}}."
+READ_OPEN = "<image>Which way do the stripes on the card run? Put the answer within \\boxed{}."
+READ_CHOICES = "<image>Which way do the stripes on the card run?\n{choices}Answer with the option's letter within \\boxed{{}}."
 ANSWER = "<image>{question}\n{choices}Answer with the option's letter within \\boxed{{}}."
 CELL = "<image>In which cell of the board is the {name}? Answer with its row and column."
 
@@ -123,13 +123,12 @@ def read_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()
         dy = max(-y1, min(dy, size - y2))
         region = (x1 + dx, y1 + dy, x2 + dx, y2 + dy)
         crop = geometry.prepare(scene.image, region, **budgets.engine())
-        meta = {"seed": scene.seed, "name": f"{card.colour} card", "digit": card.digit, "region": list(region)}
+        meta = {"seed": scene.seed, "name": f"{card.colour} card", "detail": card.detail, "region": list(region)}
         if rng.random() < 0.5:
-            out.append(Example("read", READ_OPEN, [crop.image], f"\\boxed{{{card.digit}}}", meta))
+            out.append(Example("read", READ_OPEN, [crop.image], f"\\boxed{{{card.detail}}}", meta))
         else:
-            choices = list(rng.choice([s for s in CHOICE_SETS if card.digit in s]))
-            rng.shuffle(choices)
-            letter = LETTERS[choices.index(card.digit)]
+            choices = list(PATTERNS)   # the task's fixed order
+            letter = LETTERS[choices.index(card.detail)]
             out.append(Example("read", READ_CHOICES.format(choices=format_choices(choices)), [crop.image],
                                f"\\boxed{{{letter}}}", {**meta, "choices": choices, "answer": letter}))
     return out
@@ -141,19 +140,19 @@ def answer_example(scene: Scene, rng: random.Random, budgets: Budgets = Budgets(
     present = [c.colour for c in scene.layout.cards]
     absent = [c for c in sorted(COLOURS) if c not in present]
     if len(absent) >= 3 and rng.random() < 0.5:
-        question = "Which of these colours does one of the cards in the image have?"
+        asked = "Which of these colours does one of the cards in the image have?"
         choices = [rng.choice(present), *rng.sample(absent, 3)]
         right = choices[0]
     else:
         n = len(present)
-        question = "How many cards are in the image?"
+        asked = "How many cards are in the image?"
         lo = rng.randint(max(1, n - 3), n)
         choices = [str(k) for k in range(lo, lo + 4)]
         right = str(n)
     rng.shuffle(choices)
     letter = LETTERS[choices.index(right)]
-    return Example("answer", ANSWER.format(question=question, choices=format_choices(choices)), [overview.image],
-                   f"\\boxed{{{letter}}}", {"seed": scene.seed, "question": question, "choices": choices,
+    return Example("answer", ANSWER.format(question=asked, choices=format_choices(choices)), [overview.image],
+                   f"\\boxed{{{letter}}}", {"seed": scene.seed, "question": asked, "choices": choices,
                                             "answer": letter})
 
 
@@ -178,7 +177,7 @@ def cell_examples(scene: Scene, budgets: Budgets = Budgets(), label_first: bool 
 def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str] = SKILLS, simple: float = 0.3,
                    prompt: str = "locate", jitter: int = 0, n_cards: tuple[int, int] = N_CARDS,
                    label_first: bool = False) -> list[Example]:
-    """Every example one scene gives: a grounding and a reading example per card and one direct
+    """Every example one scene gives: a grounding, a cell and a reading example per card and one direct
     answer. With probability ``simple`` the scene is a plain layout (no clutter) — an easier
     start for grounding."""
     skills = tuple(skills)
@@ -220,10 +219,10 @@ def corpus(n_scenes: int = 200, split: str = "skills") -> Iterator[str]:
         yield ex.target
         if k % 8 == 0:
             colour = ex.meta.get("name", "red card")
-            question = f"What is the number on the {colour}?"
-            choices = ex.meta.get("choices") or ["1", "2", "3", "4"]
+            task = question(colour)
+            choices = list(PATTERNS)
             for name in names():
                 prompts = get_prompts(name)
                 for kind in ("system", "grounding", "crop", "fallback", "refine", "direct"):
-                    yield render(prompts, kind, question, choices).replace("<image>", "\n")
-                    yield render(prompts, kind, question, None).replace("<image>", "\n")
+                    yield render(prompts, kind, task, choices).replace("<image>", "\n")
+                    yield render(prompts, kind, task, None).replace("<image>", "\n")

@@ -2,37 +2,39 @@
 
 A scene (``size``×``size`` pixels, 2048 by default) is a colour-ramp background (red rises left →
 right, blue top → bottom: the world's one absolute-position cue, see :func:`_background`),
-translucent clutter (muted shapes, lines and "decoy" dot patterns everywhere) and 4–7 coloured
-**cards** in the slots of a 4×4 board (``grid``; 0 places them anywhere on the lattice), each in one
-of eight saturated colours that nothing else in the scene uses. Card bodies are translucent too
-(``CARD_ALPHA``), so the ramp shows through a card and its own patches tell where it is. Every card carries a white label
-with one digit in a 5×7 dot-matrix font (:mod:`.font`). The question is always about one card,
-the target, named by its colour: *"What is the number on the red card?"*, four digits as
-choices, one of them right.
+translucent clutter (muted shapes, lines and "decoy" dot patterns everywhere) and one coloured
+**card** (``N_CARDS``; more on request) in a slot of a 4×4 board (``grid``; 0 places cards
+anywhere on the lattice), in one of eight saturated colours that nothing else in the scene uses.
+Card bodies are translucent (``CARD_ALPHA``), so the ramp shows through a card and its own
+patches tell where it is. Every card carries a white label printed with fine **stripes** in one
+of four orientations (:data:`PATTERNS`: horizontal, vertical, rising or falling diagonal). The
+question is about one card, the target, named by its colour: *"Which way do the stripes on the
+red card run?"*, the four orientations as choices in that fixed order (so the letter names the
+orientation; what the task tests is where to look, not matching words to letters).
 
 Why it needs the zoom (the numbers for the default 2048² scene and :class:`Budgets`):
 
 - turn 1 sees the overview at 224×224 (64 visual tokens): 9.14 original pixels per fed pixel.
-  A card (384 px) is a 42-px coloured square there — easy to find by its colour — but its digit
-  (5×7 dots of 2 px: 10×14 px) is 1.1×1.5 fed pixels, far fewer pixels than the font has dot
-  rows: the glyph cannot be resolved, only a grey smudge on the label is left;
+  A card (384 px) is a 42-px coloured square there — easy to find by its colour — but its stripes
+  (period ``PERIOD`` = 8 original px) would be 0.9 fed pixels apart, far above the overview's
+  Nyquist limit (2 fed px per period): the resize's low-pass filter leaves a flat grey label, the
+  same for all four orientations, so *no* reader can tell them apart;
 - a crop of the card (384² > the 224² budget) is fed at 224×224: 0.58 fed pixels per original
-  pixel, the digit is 6×8 fed pixels — readable.
+  pixel, the stripes have a period of 4.7 fed px, three per 14-px patch — plainly visible.
 
-Nuisances a reader cannot know (so "illegible" is not beaten by exact template matching): the
-digit sits at the label centre ± ``JITTER`` px, its ink is a random dark grey, the label has
-faint stains, the card's colour varies a little. The four choices are drawn as a set of digits
-of similar ink (total dot count within ``INK_SPREAD``; the one cue that survives blur) and the
-right one is uniform within the set, so neither the set nor the blur leaks the answer. The
-property is measured by :mod:`.legibility` (``python -m mgpo.playground.legibility``): a
-template reader that knows the font is near chance on the overview (36 % on 200 test scenes)
-and right on every crop.
+Nuisances a reader cannot know: the stripes' ink (a random dark grey), faint stains on the
+label, the card's colour varies a little. The stripes' phase is fixed at the corner of their
+square, and the period divides the lattice step, so every crop on the lattice shows them in
+step with its own pixels (a linear filter reads them; a random phase left a small vision tower
+at chance). The property is measured by
+:mod:`.legibility` (``python -m mgpo.playground.legibility``): a template reader that knows the
+card design is at chance on the overview and right on every crop.
 
 Lattice (learnability): cards sit on a lattice of 14 *fed* overview pixels (half a visual token;
 128 original pixels at 2048) and span 3×3 lattice steps, so a card's box in the overview's
 model frame is exactly ``[14i, 14j, 14i+42, 14j+42]``: a valid box (> 28 per side); on the 4×4
-board ``i, j`` are multiples of 4, and a crop of exactly the card puts the digit near a fixed
-place in the crop.
+board ``i, j`` are multiples of 4, and a crop of exactly the card puts the label at the centre
+of the crop.
 
 Splits are disjoint seed ranges (:func:`split_seeds`); the ground-truth box is for analysis only.
 """
@@ -40,7 +42,6 @@ Splits are disjoint seed ranges (:func:`split_seeds`); the ground-truth box is f
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import random
 import sys
@@ -52,23 +53,23 @@ from PIL import Image, ImageDraw
 
 from .. import geometry
 from ..prompts import LETTERS
-from .font import DIGITS, GLYPH_H, GLYPH_W, draw_digit, ink
 
 Box = tuple[int, int, int, int]
 
-VERSION = "mgpo-playground-v3"   # seeds the scene RNG and names the benchmark; change it and every scene changes
+VERSION = "mgpo-playground-v4"   # seeds the scene RNG and names the benchmark; change it and every scene changes
 DEFAULT_SIZE = 2048
 LATTICE = 14                     # fed overview pixels per lattice step (half a 28-px token)
 CARD_STEPS = 3                   # a card spans 3×3 lattice steps (42 fed px; valid boxes need > 28)
 LABEL_FRACTION = 0.25            # label side / card side
-DOT = 2                          # original pixels per font dot at 2048 (scaled with the scene)
-JITTER = 16                       # ± original px of the digit around the label centre (at 2048)
-INK_SPREAD = 4                   # choices differ by at most this many dots of ink
+PATTERNS = ("horizontal", "vertical", "rising diagonal", "falling diagonal")   # the detail; choices A–D
+PERIOD = 8                       # stripe period across the stripes, original px at 2048 (scaled)
+MARGIN = 0.12                    # unstriped paper around the stripes, a fraction of the label side
+DECOY = (5, 7)                   # decoy dot patterns in the clutter: columns × rows of dots
+DECOY_DOT = 2                    # original px per decoy dot at 2048
 N_STAINS = (8, 16)               # faint stains per label ...
 STAIN_RADIUS = (4, 14)           # ... of this radius (original px at 2048) ...
 STAIN_DARK = (20, 60)            # ... and this many grey levels darker than the paper
-WEAR = False                     # worn print (dots ±1 px): off — it made crops hard to read
-N_CARDS = (4, 7)                 # cards per scene, target included
+N_CARDS = (1, 1)                 # cards per scene, target included (the task: one small target)
 GRID = 4                         # cards sit in the slots of a GRID × GRID board (0: anywhere on the lattice)
 N_CLUTTER = (70, 130)            # clutter shapes per scene at clutter=1
 CLUTTER_ALPHA = 0.45             # clutter is translucent: the background ramp shows through
@@ -127,12 +128,10 @@ class Budgets:
 class Card:
     colour: str
     box: Box                         # (x1, y1, x2, y2) in original pixels
-    digit: str
+    detail: str                      # the stripes' orientation, one of PATTERNS
     shade: tuple[int, int, int]      # body colour (the named colour ± a little)
-    ink: int                         # grey level of the digit
-    offset: tuple[int, int]          # digit offset from the label centre, original pixels
+    ink: int                         # grey level of the stripes
     stains: tuple[tuple[int, int, int, int], ...]   # (cx, cy, r, darkening) relative to the label
-    wear: int = 0                    # seeds the worn-print wobble of the digit's dots
 
     @property
     def label(self) -> Box:
@@ -142,6 +141,13 @@ class Card:
         cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
         return cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side
 
+    @property
+    def stripes(self) -> Box:
+        """The striped square inside the label (``MARGIN`` of paper around it), original pixels."""
+        x1, y1, x2, y2 = self.label
+        m = int(round((x2 - x1) * MARGIN))
+        return x1 + m, y1 + m, x2 - m, y2 - m
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -149,12 +155,12 @@ class Layout:
 
     seed: int
     size: int
-    dot: int                         # font dot, original pixels
+    period: int                      # stripe period, original pixels
     background: tuple[int, int, int]
     clutter: tuple[tuple, ...]       # (kind, coords, colour, width)
     cards: tuple[Card, ...]
     target: int                      # index into cards
-    choices: tuple[str, ...]         # four digits in letter order
+    choices: tuple[str, ...]         # the four orientations in letter order (PATTERNS)
     answer: str                      # the right letter
     grid: int = 0                    # board slots per side (0: cards anywhere on the lattice)
 
@@ -165,11 +171,11 @@ class Scene:
 
     image: Image.Image               # RGB, size × size
     question: str
-    choices: list[str]               # four digit strings, in letter order
+    choices: list[str]               # the four orientations, in letter order
     answer: str                      # ground-truth letter
     box: Box                         # the target card, (x1, y1, x2, y2) in original pixels
     name: str                        # "red card"
-    detail: str                      # the digit on it
+    detail: str                      # its stripes' orientation
     seed: int
     layout: Layout
 
@@ -182,18 +188,6 @@ def lattice_step(size: int, budgets: Budgets = Budgets()) -> float:
     """Original pixels per lattice step: ``LATTICE`` fed pixels of the overview's model frame."""
     frame = geometry.model_frame((size, size), budgets.crop_min_pixels, budgets.overview_max_pixels)
     return size / frame[0] * LATTICE
-
-
-def _choice_sets() -> list[tuple[str, ...]]:
-    sets = []
-    for combo in itertools.combinations(sorted(DIGITS), 4):
-        inks = [ink(d) for d in combo]
-        if max(inks) - min(inks) <= INK_SPREAD:
-            sets.append(combo)
-    return sets
-
-
-CHOICE_SETS = _choice_sets()
 
 
 def _muted(rng: random.Random) -> tuple[int, int, int]:
@@ -219,7 +213,7 @@ def make_layout(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(
     scale = size / DEFAULT_SIZE
     step = lattice_step(size, budgets)
     steps = int(round(size / step))
-    dot = max(1, int(round(DOT * scale)))
+    period = max(4, int(round(PERIOD * scale)))
 
     count = rng.randint(*n_cards)
     cells: list[tuple[int, int]] = []
@@ -235,24 +229,19 @@ def make_layout(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(
             cells.append(c)
     colours = rng.sample(sorted(COLOURS), count)
     target = rng.randrange(count)
-    choice_set = list(rng.choice(CHOICE_SETS))
-    rng.shuffle(choice_set)
-    answer_index = rng.randrange(4)
+    answer_index = rng.randrange(len(PATTERNS))
     cards = []
     for k, ((i, j), colour) in enumerate(zip(cells, colours)):
         box = (int(round(i * step)), int(round(j * step)), int(round((i + CARD_STEPS) * step)),
                int(round((j + CARD_STEPS) * step)))
-        digit = choice_set[answer_index] if k == target else rng.choice(sorted(DIGITS))
+        detail = PATTERNS[answer_index] if k == target else rng.choice(PATTERNS)
         base = COLOURS[colour]
         shade = tuple(min(255, max(0, v + rng.randint(-12, 12))) for v in base)
         side = int(round((box[2] - box[0]) * LABEL_FRACTION))
         lo, hi = STAIN_RADIUS
         stains = tuple((rng.randint(0, side), rng.randint(0, side), rng.randint(int(lo * scale), int(hi * scale) + 1),
                         rng.randint(*STAIN_DARK)) for _ in range(rng.randint(*N_STAINS)))
-        jitter = max(0, int(round(JITTER * scale)))
-        cards.append(Card(colour, box, digit, shade, rng.randint(10, 70),  # type: ignore[arg-type]
-                          (rng.randint(-jitter, jitter), rng.randint(-jitter, jitter)), stains,
-                          rng.randrange(2**31)))
+        cards.append(Card(colour, box, detail, shade, rng.randint(10, 70), stains))  # type: ignore[arg-type]
 
     # clutter: muted shapes anywhere (cards are drawn over them)
     items = []
@@ -268,14 +257,13 @@ def make_layout(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(
             a = rng.uniform(0, math.pi)
             coords = ((x, y), (x + 2.5 * r * math.cos(a), y + 2.5 * r * math.sin(a)))
         elif kind == "decoy":   # a small random dot matrix: fine detail that is not a card
-            bits = tuple(rng.random() < 0.45 for _ in range(GLYPH_W * GLYPH_H))
+            bits = tuple(rng.random() < 0.45 for _ in range(DECOY[0] * DECOY[1]))
             coords = (x, y, bits)
         else:
             coords = (x - r, y - r * rng.uniform(0.4, 1.0), x + r, y + r * rng.uniform(0.4, 1.0))
         items.append((kind, coords, colour, rng.randint(2, 9)))
     background = _muted(rng)
-    choices = tuple(choice_set)
-    return Layout(seed, size, dot, background, tuple(items), tuple(cards), target, choices, LETTERS[answer_index], grid)
+    return Layout(seed, size, period, background, tuple(items), tuple(cards), target, PATTERNS, LETTERS[answer_index], grid)
 
 
 def _background(layout: Layout) -> Image.Image:
@@ -296,22 +284,31 @@ def _background(layout: Layout) -> Image.Image:
     base[..., 2] = ramp[:, None]
     base += (np.asarray(blotch, dtype=np.float32) - 128.0) / 24.0
     base += rng.integers(-9, 10, (half, half), dtype=np.int16)[..., None]   # grain
-    out = np.clip(base, 0, 255).astype(np.uint8).repeat(2, 0).repeat(2, 1)[:size, :size]
-    return Image.fromarray(out, "RGB")
+    out = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+    out = out.resize((2 * half, 2 * half), Image.Resampling.NEAREST)   # each pixel doubled
+    return out if 2 * half == size else out.crop((0, 0, size, size))
 
 
-def glyph_box(card: Card, dot: int, centred: bool = False) -> Box:
-    """Where the card's digit is painted, original pixels (``centred``: without its jitter)."""
-    lx1, ly1, lx2, ly2 = card.label
-    ox, oy = (0, 0) if centred else card.offset
-    gx = (lx1 + lx2) // 2 - GLYPH_W * dot // 2 + ox
-    gy = (ly1 + ly2) // 2 - GLYPH_H * dot // 2 + oy
-    return gx, gy, gx + GLYPH_W * dot, gy + GLYPH_H * dot
+def stripe_ink(pattern: str, width: int, height: int, period: int) -> np.ndarray:
+    """How much ink (0..1) ``pattern``'s stripes put on each pixel of a ``width``×``height``
+    square: a sinusoid of ``period`` across the stripes (phase 0 at the square's corner), faded in over one
+    period at the square's edges. Sinusoidal and faded, the stripes have no low-frequency part
+    that depends on their orientation (hard-edged stripes, cut at the square's border, left one
+    that survived the overview's resize); their mean ink is the same for all four."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown stripe pattern {pattern!r}; choose one of {', '.join(PATTERNS)}")
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    across = {"horizontal": y, "vertical": x, "rising diagonal": (x + y) / math.sqrt(2),
+              "falling diagonal": (x - y) / math.sqrt(2)}[pattern]
+    wave = 0.5 + 0.5 * np.cos(2 * math.pi * across / period)
+    def fade(t, n):   # 0 → 1 over one period from each edge, raised-cosine
+        return 0.5 - 0.5 * np.cos(math.pi * np.clip(np.minimum(t + 0.5, n - t - 0.5) / period, 0, 1))
+    return wave * fade(x, width) * fade(y, height)
 
 
-def draw_card(image: Image.Image, card: Card, dot: int, clean: bool = False, digit: str | None = None) -> None:
+def draw_card(image: Image.Image, card: Card, period: int, clean: bool = False, detail: str | None = None) -> None:
     """Paint ``card`` onto ``image`` (in place). ``clean``: the card as its design says — no
-    stains, digit centred, ink 40 — the template a reader could know; ``digit`` overrides it."""
+    stains, ink 40 — the template a reader could know; ``detail`` overrides its orientation."""
     x1, y1, x2, y2 = card.box
     side = x2 - x1
     border = max(2, side // 96)
@@ -323,7 +320,6 @@ def draw_card(image: Image.Image, card: Card, dot: int, clean: bool = False, dig
                                            outline=(*(v // 2 for v in COLOURS[card.colour]), 255), width=border)
     region = image.crop((x1, y1, x2, y2)).convert("RGBA")
     image.paste(Image.alpha_composite(region, body).convert("RGB"), (x1, y1))
-    draw = ImageDraw.Draw(image)
     lx1, ly1, lx2, ly2 = card.label
     paper = (246, 244, 238)
     label = Image.new("RGB", (lx2 - lx1, ly2 - ly1), paper)
@@ -331,11 +327,12 @@ def draw_card(image: Image.Image, card: Card, dot: int, clean: bool = False, dig
         ldraw = ImageDraw.Draw(label)
         for cx, cy, r, dark in card.stains:
             ldraw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(v - dark for v in paper))
-    image.paste(label, (lx1, ly1))
-    gx, gy, _, _ = glyph_box(card, dot, centred=clean)
-    tone = 40 if clean else card.ink
-    draw_digit(draw, digit or card.digit, gx, gy, dot, (tone, tone, tone),
-               None if clean or not WEAR else random.Random(card.wear))
+    sx1, sy1, sx2, sy2 = card.stripes
+    cover = stripe_ink(detail or card.detail, sx2 - sx1, sy2 - sy1, period)
+    pixels = np.asarray(label, dtype=np.float64).copy()
+    part = pixels[sy1 - ly1:sy2 - ly1, sx1 - lx1:sx2 - lx1]
+    part += cover[..., None] * ((40 if clean else card.ink) - part)
+    image.paste(Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB"), (lx1, ly1))
 
 
 def render(layout: Layout) -> Image.Image:
@@ -356,22 +353,28 @@ def render(layout: Layout) -> Image.Image:
             draw.line(coords, fill=fill, width=width)
         else:
             x, y, bits = coords
-            d = max(2, layout.dot - 1 + width % 3)
+            d = max(2, int(round(DECOY_DOT * layout.size / DEFAULT_SIZE)) - 1 + width % 3)
             for k, bit in enumerate(bits):
                 if bit:
-                    c, r = k % GLYPH_W, k // GLYPH_W
+                    c, r = k % DECOY[0], k // DECOY[0]
                     draw.rectangle((x + c * d, y + r * d, x + (c + 1) * d - 1, y + (r + 1) * d - 1),
                                    fill=(*colour, 255))
-    image = Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
+    if layout.clutter:   # (a clutter-free scene skips compositing an empty layer: same pixels)
+        image = Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
     for card in layout.cards:
-        draw_card(image, card, layout.dot)
+        draw_card(image, card, layout.period)
     return image
 
 
 def scene_from_layout(layout: Layout) -> Scene:
     card = layout.cards[layout.target]
-    return Scene(render(layout), f"What is the number on the {card.colour} card?", list(layout.choices),
-                 layout.answer, card.box, f"{card.colour} card", card.digit, layout.seed, layout)
+    return Scene(render(layout), question(f"{card.colour} card"), list(layout.choices),
+                 layout.answer, card.box, f"{card.colour} card", card.detail, layout.seed, layout)
+
+
+def question(name: str) -> str:
+    """The task question about the card called ``name`` ("red card")."""
+    return f"Which way do the stripes on the {name} run?"
 
 
 def make_scene(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(), clutter: float = 1.0,
@@ -382,11 +385,11 @@ def make_scene(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets()
     return scene_from_layout(make_layout(seed, size, budgets, clutter, n_cards, grid))
 
 
-def with_digit(scene: Scene, digit: str, clean: bool = False) -> Image.Image:
-    """The scene's image with the target card repainted to show ``digit`` (all else equal)."""
+def with_detail(scene: Scene, detail: str, clean: bool = False) -> Image.Image:
+    """The scene's image with the target card repainted to show ``detail`` (all else equal)."""
     image = scene.image.copy()
     card = scene.target
-    draw_card(image, card if clean else replace(card, digit=digit), scene.layout.dot, clean=clean, digit=digit)
+    draw_card(image, card if clean else replace(card, detail=detail), scene.layout.period, clean=clean, detail=detail)
     return image
 
 

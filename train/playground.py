@@ -410,7 +410,7 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
     core = backend.core
     torch.manual_seed(cfg.seed)
     core.requires_grad_(True)
-    if not cfg.train_vision and cfg.vision_steps:
+    if not cfg.train_vision and (cfg.vision_steps or cfg.skills_from):   # a probed tower stays as it is
         core.model.visual.requires_grad_(False)
     core.train()
     params = [p for p in core.parameters() if p.requires_grad]
@@ -788,10 +788,10 @@ def summarize(results: dict) -> dict:
 
 
 def rl_curve(metrics_path: Path) -> list[dict]:
-    """(step, reward, valid_box) per RL step from the trainer's metrics.jsonl."""
+    """(step, reward, valid_box, iou) per RL step from the trainer's metrics.jsonl."""
     from .metrics import read
 
-    return [{"step": r["step"], "reward": r.get("reward"), "valid_box": r.get("valid_box")}
+    return [{"step": r["step"], "reward": r.get("reward"), "valid_box": r.get("valid_box"), "iou": r.get("iou")}
             for r in read(metrics_path) if "step" in r]
 
 
@@ -889,7 +889,10 @@ the question asks which way the stripes on one card run, which is illegible in t
 ## Measured (held-out TEST seeds, greedy, `python -m mgpo.eval --benchmark playground`)
 {table}
 
-RL reward per step: {" ".join(f"{r['reward']:.2f}" for r in curve) or "–"}
+RL per step (rollouts at temperature {cfg.rl_temperature}; `metrics.jsonl`, `curves.png`):
+- reward: {" ".join(f"{r['reward']:.2f}" for r in curve) or "–"}
+- valid-box ratio: {" ".join(f"{r['valid_box']:.2f}" for r in curve) or "–"}
+- IoU with the hidden box (analysis only): {" ".join(_fmt(r.get('iou')) for r in curve) or "–"}
 
 ## Use
 RELEASE is this folder.
@@ -1054,9 +1057,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{when} RL, {mode}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in s.items()))
     curve = summary.get("rl_curve") or []
-    if curve:
-        print("RL reward: " + " ".join(f"{r['reward']:.2f}" for r in curve))
-        print("RL valid box: " + " ".join(f"{r['valid_box']:.2f}" for r in curve))
+    for key, title in (("reward", "RL reward"), ("valid_box", "RL valid box"), ("iou", "RL IoU (hidden box)")):
+        if curve and all(r.get(key) is not None for r in curve):
+            print(f"{title}: " + " ".join(f"{r[key]:.2f}" for r in curve))
     print(f"wrote {cfg.out}/summary.json")
     return 0
 

@@ -158,6 +158,23 @@ def test_grounding_prompt_shares_the_turn1_phrase():
     assert "coordinates of the" in turn1 and "in JSON format." in turn1
 
 
+
+def test_ask_grounding_is_mgpos_turn1_around_other_questions_about_the_card():
+    from mgpo.playground.skills import ASK_QUESTIONS
+    from mgpo.playground.world import question
+    from mgpo.prompts import render
+
+    prompts = get_prompts("mgpo")
+    examples = [e for seed in split_seeds("skills", 12, 300) for e in scene_examples(seed, skills=("ground",), prompt="ask")]
+    asked = set()
+    for e in examples:
+        name = e.meta["name"]
+        q = next(t.format(name=name) for t in ASK_QUESTIONS if render(prompts, "grounding", t.format(name=name), None) == e.prompt)
+        assert q != question(name) and "stripes" not in q     # never the task's question
+        asked.add(q.replace(name, "{name}"))
+    assert len(asked) >= 4
+
+
 def test_reading_and_answering_examples_are_well_formed():
     examples = list(skill_examples(8, start=100))
     kinds = {k: [e for e in examples if e.skill == k] for k in SKILLS}

@@ -47,7 +47,21 @@ GROUND_PROMPTS = {
     # closer to MGPO's turn-1 wording, for a curriculum; not used unless asked for
     "where": ("<image>Question: Where is the {name}? Out the coordinates of the key image area relevant to "
               "the problem in JSON format."),
+    # MGPO's turn-1 template around other questions about the card (one of ASK_QUESTIONS), so that
+    # the question's wording varies and only the card's name decides the box — never the task's question
+    "ask": ("<image>Question: {ask} Out the coordinates of the key image area relevant to the problem in "
+            "JSON format."),
 }
+ASK_QUESTIONS = (
+    "Where is the {name}?",
+    "What colour is the border of the {name}?",
+    "How large is the {name}?",
+    "What shape are the corners of the {name}?",
+    "What lies under the {name}?",
+    "Is the {name} near the edge of the image?",
+    "How far is the {name} from the centre of the image?",
+    "Is the {name} tilted?",
+)
 READ_OPEN = "<image>Which way do the stripes on the card run? Put the answer within \\boxed{}."
 READ_CHOICES = "<image>Which way do the stripes on the card run?\n{choices}Answer with the option's letter within \\boxed{{}}."
 ANSWER = "<image>{question}\n{choices}Answer with the option's letter within \\boxed{{}}."
@@ -104,7 +118,8 @@ def ground_examples(scene: Scene, budgets: Budgets = Budgets(), prompt: str = "l
         name = f"{card.colour} card"
         # (x1, y1, x2, y2): original pixels → the overview's model frame, snapped to the lattice
         box = snap(geometry.to_frame(card.box, overview.frame, overview.region), overview.frame)
-        out.append(Example("ground", GROUND_PROMPTS[rng.choice(wordings)].format(name=name), [overview.image],
+        ask = rng.choice(ASK_QUESTIONS).format(name=name)
+        out.append(Example("ground", GROUND_PROMPTS[rng.choice(wordings)].format(name=name, ask=ask), [overview.image],
                            bbox_json(box, name, label_first),
                            {"seed": scene.seed, "name": name, "box_model": list(box), "frame": list(overview.frame),
                             "box_original": list(card.box)}))

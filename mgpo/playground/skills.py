@@ -42,15 +42,13 @@ from .world import COLOURS, GRID, LATTICE, N_CARDS, PATTERNS, Budgets, Scene, ma
 
 SKILLS = ("ground", "read", "answer", "cell")
 
+# MGPO's turn-1 template around a question other than the task's (one of ASK_QUESTIONS for "ask"),
+# so the question's wording varies and only the card's name decides the box
+_TURN1 = "<image>Question: {ask} Out the coordinates of the key image area relevant to the problem in JSON format."
 GROUND_PROMPTS = {
     "locate": "<image>Locate the {name} in the image. Output the coordinates of the {name} in JSON format.",
-    # closer to MGPO's turn-1 wording, for a curriculum; not used unless asked for
-    "where": ("<image>Question: Where is the {name}? Out the coordinates of the key image area relevant to "
-              "the problem in JSON format."),
-    # MGPO's turn-1 template around other questions about the card (one of ASK_QUESTIONS), so that
-    # the question's wording varies and only the card's name decides the box — never the task's question
-    "ask": ("<image>Question: {ask} Out the coordinates of the key image area relevant to the problem in "
-            "JSON format."),
+    "where": _TURN1.replace("{ask}", "Where is the {name}?"),   # one fixed question in MGPO's turn-1 wording
+    "ask": _TURN1,                                             # one of ASK_QUESTIONS per example
 }
 ASK_QUESTIONS = (
     "Where is the {name}?",

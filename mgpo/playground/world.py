@@ -28,7 +28,7 @@ square, and the period divides the lattice step, so every crop on the lattice sh
 step with its own pixels (a linear filter reads them; a random phase left a small vision tower
 at chance). The property is measured by
 :mod:`.legibility` (``python -m mgpo.playground.legibility``): a template reader that knows the
-card design is at chance on the overview and right on every crop.
+card design is near chance on the overview (33–34 % where chance is 25 %) and right on every crop.
 
 Lattice (learnability): cards sit on a lattice of 14 *fed* overview pixels (half a visual token;
 128 original pixels at 2048) and span 3×3 lattice steps, so a card's box in the overview's

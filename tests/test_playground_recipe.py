@@ -20,7 +20,7 @@ def examples():
 
     ex = scene_examples(3, prompt="where")
     by = {e.skill: e for e in ex}
-    assert set(by) == {"ground", "read", "answer", "cell"}
+    assert set(by) == {"ground", "read", "answer", "cell", "zoom"}
     return by
 
 
@@ -29,7 +29,7 @@ def test_example_sequence_is_the_engine_prompt_plus_the_target(tiny_loaded, exam
 
     backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
     system = pg.skill_system_prompt("mgpo")
-    for ex in examples.values():
+    for ex in (e for e in examples.values() if not e.context):
         seq = pg.example_sequence(backend, ex, system)
         prompt = backend.start([[{"role": "system", "content": [{"type": "text", "text": system}]},
                                  ex.messages()[0]]]).rows[0]
@@ -44,6 +44,37 @@ def test_example_sequence_is_the_engine_prompt_plus_the_target(tiny_loaded, exam
         assert seq.positions[n] == (prompt.next_pos,) * 3
         image_tokens = sum(t == backend.image_token_id for t in seq.token_ids)
         assert image_tokens == sum(img.tokens for img in seq.images) == 64   # the 224² overview or crop
+
+
+def test_zoom_example_is_the_engines_two_turn_conversation(tiny_loaded):
+    """The two-turn reading example, token for token, is what the engine feeds before its turn 2
+    when turn 1 replied with the example's box: the same overview, reply, crop and prompts."""
+    from mgpo.engine import Engine, EngineConfig, Request
+    from mgpo.forced import ForcedBackend
+    from mgpo.playground.world import PATTERNS, Budgets, make_scene
+    from mgpo.prompts import get_prompts, register, with_name
+
+    from mgpo.playground.skills import scene_examples
+
+    (ex,) = scene_examples(3, skills=("zoom",), simple=0.0)
+    (turn1_text, turn1_images, turn1_reply), = ex.context
+    literal = lambda text: text.replace("{", "{{").replace("}", "}}")   # noqa: E731 — a template with no slots
+    register(with_name(get_prompts("mgpo"), "zoom-test", grounding=literal(turn1_text), crop=literal(ex.prompt)))
+    backend = ForcedBackend(tiny_loaded.model, tiny_loaded.processor, script=turn1_reply, answer_tokens=2)
+    engine = Engine(backend, EngineConfig(prompts="zoom-test", **Budgets().engine()))
+    scene = make_scene(ex.meta["seed"], budgets=Budgets(), clutter=1.0)
+    (rollout,) = engine.rollout([Request(scene.image, "unused", list(PATTERNS))])
+    assert rollout.kinds == ["grounding", "crop"] and rollout.boxes[0].valid
+    assert list(rollout.boxes[0].box_original) == ex.meta["region"]
+    assert rollout.images[1].image.tobytes() == ex.images[0].tobytes()   # the crop as the engine cuts it
+
+    seq = pg.example_sequence(backend, ex, pg.skill_system_prompt("mgpo"))
+    n = seq.loss_mask.index(1)
+    assert seq.token_ids[:n] == rollout.token_ids[:n] and seq.positions[:n] == rollout.positions[:n]
+    assert rollout.loss_mask[n - 1] == 0 and rollout.loss_mask[n] == 1   # turn 2 is sampled from there on
+    assert backend.tok.decode(seq.token_ids[n:-1]) == ex.target
+    # the context's reply is fed, not learned
+    assert backend.tok.decode([t for t, m in zip(seq.token_ids, seq.loss_mask) if m]) == ex.target + "<|im_end|>"
 
 
 def test_default_system_prompt_is_the_chat_templates(tiny_loaded, examples):
@@ -290,12 +321,12 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     assert summary["vision"]["steps"] == 3 and set(summary["vision"]["accuracy"]) >= {"colour", "row", "col", "stripes"}
     skills = [json.loads(line) for line in (out / "skills.jsonl").read_text().splitlines()]
     assert len(skills) == 6
-    # the ci curriculum "cell,read:3:2e-3 cell,ground,read,answer:3:1e-3": grounding joins in phase 2
+    # the ci curriculum "cell,zoom:3:2e-3 cell,ground,zoom,answer:3:1e-3": grounding joins in phase 2
     assert [r["phase"] for r in skills] == [1, 1, 1, 2, 2, 2]
     assert not any({"ground", "answer"} & set(r["skill_loss"]) for r in skills[:3])
     assert any("ground" in r["skill_loss"] for r in skills[3:])
     assert skills[0]["lr"] != skills[3]["lr"]
-    assert set(summary["skills"]["eval"]) == {"answer", "cell", "ground_hit", "ground_iou", "ground_valid", "read"}
+    assert set(summary["skills"]["eval"]) == {"answer", "cell", "ground_hit", "ground_iou", "ground_valid", "zoom"}
     rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(0.0 <= r["iou"] <= 1.0 for r in rows)
     for when in ("before", "after"):

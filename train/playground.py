@@ -18,11 +18,13 @@ Stages (each writes into ``--out``; ``--stages`` picks some):
    ``workers`` processes with a GPU (:func:`scene_map`); (1) supervised text
    skills on a stream of fresh scenes — grounding cards *by name* (``bbox_2d`` JSON on the
    overview), the board cell a named card sits in, reading a card's close-up
-   (``\\boxed{orientation}`` / ``\\boxed{letter}``), direct answers to questions the overview answers
-   (colours present, card count), in the phases of ``curriculum`` (each its own skills and learning
-   rate, e.g. the board cell first, then grounding, then reading, earlier skills kept). Each example's
-   tokens come from the engine's own assembly (``QwenBackend.start`` on the user turn, then the
-   target tokens + ``<|im_end|>`` with ``policy=1``) and the loss is −mean log π(target token)
+   (``\\boxed{orientation}`` / ``\\boxed{letter}``), reading it in MGPO's own turn 2 after a
+   grounding turn about another question (``zoom``), direct answers to questions the overview
+   answers (colours present, card count), in the phases of ``curriculum`` (each its own skills and
+   learning rate, e.g. the two look-ups — board cell and zoom — first, then grounding, earlier
+   skills kept). Each example's tokens come from the engine's own assembly (:func:`example_prompts`:
+   ``QwenBackend.start`` on the first user turn, earlier replies and ``QwenBackend.append`` for
+   later turns, then the target tokens + ``<|im_end|>`` with ``policy=1``) and the loss is −mean log π(target token)
    from the trainer's forward; full fine-tune of the language model, AdamW → ``OUT/base``
    (a normal checkpoint, rewritten at every held-out evaluation).
 3. **rl** — MGPO with the project's trainer (:class:`train.loop.Trainer`) on scenes from the
@@ -57,23 +59,24 @@ from pathlib import Path
 from mgpo.playground.world import N_CARDS
 
 SIZES: dict[str, dict] = {
-    # the CPU recipe (2 cores): one card per scene; the vision probe, then the board cell alone, then
-    # grounding joins at a quarter of the learning rate (at the full rate it wiped the cell look-up
-    # out), then reading — the curriculum that first taught grounding on CPU (README "Playground")
+    # the CPU recipe (2 cores): one card per scene; the vision probe, then the two look-ups at a high
+    # learning rate — the board cell of a named card and reading the crop in MGPO's turn 2 — then
+    # grounding joins at a quarter of the rate (at the full rate it wiped the cell look-up out)
     "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4, vision_steps=60,
-                curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,read:300:5e-4", skill_batch=16,
-                skill_simple=1.0, skill_system="mgpo", skill_eval_every=300, skill_eval_scenes=32,
+                curriculum="cell,zoom:700:2e-3 cell,ground,zoom:500:5e-4", skill_batch=16,
+                skill_prompt="ask,locate,where", skill_simple=1.0, skill_system="mgpo", skill_eval_every=300, skill_eval_scenes=32,
                 train_vision=False, vision_whiten=True, rl_scenes=256, rl_steps=30, prompts_per_step=4,
                 group_size=8, rl_lr=1e-3, eval_scenes=50),
     # one H200 (not measured: no GPU session yet)
     "gpu": dict(hidden=512, layers=8, vision_hidden=256, vision_depth=6, vision_steps=300, vision_batch=64,
-                curriculum="cell:1500:1e-3 cell,ground:2500:5e-4 cell,ground,read,answer:2000:5e-4", skill_batch=64,
+                curriculum="cell,zoom:1500:1e-3 cell,ground,zoom:2500:5e-4 cell,ground,zoom,answer:2000:5e-4", skill_batch=64,
+                skill_prompt="ask,locate,where",
                 skill_simple=0.5, skill_system="mgpo", skill_eval_every=1000, skill_eval_scenes=25,
                 train_vision=False, vision_whiten=True, rl_scenes=4000, rl_steps=150, prompts_per_step=32,
                 group_size=8, rl_lr=5e-4, eval_scenes=200),
     # every stage end to end in about a minute (CI): checks the mechanics, not the learning
     "ci": dict(hidden=64, layers=2, vision_hidden=32, vision_depth=2, vocab_size=600, corpus_scenes=8,
-               vision_steps=3, vision_batch=4, curriculum="cell,read:3:2e-3 cell,ground,read,answer:3:1e-3",
+               vision_steps=3, vision_batch=4, curriculum="cell,zoom:3:2e-3 cell,ground,zoom,answer:3:1e-3",
                skill_batch=4, skill_eval_every=6, skill_eval_scenes=1, train_vision=True, vision_whiten=True,
                rl_scenes=8, rl_steps=4, prompts_per_step=2, group_size=2, lora_r=8, max_new_tokens=48,
                eval_scenes=2, stages="model,skills,rl,eval,ship"),
@@ -288,14 +291,31 @@ class Sequence:
     sample: int = 0
 
 
+def example_prompts(backend, examples, systems):
+    """Conversations ready for each example's learned reply: its first user turn as
+    ``QwenBackend.start`` renders it (after ``systems[i]``, None for the template's default),
+    then every earlier turn of its context — the reply's tokens (not learned) and the next user
+    turn as the engine appends it."""
+    from mgpo.rows import Conversations
+
+    rows = []
+    for example, system in zip(examples, systems):
+        turns = example.turns()
+        first = [turns[0][0]] if system is None else [
+            {"role": "system", "content": [{"type": "text", "text": system}]}, turns[0][0]]
+        convs = backend.start([first])
+        for (_, reply), (user, _) in zip(turns, turns[1:]):
+            convs.rows[0].add_tokens(backend.tok(reply, add_special_tokens=False)["input_ids"])
+            backend.append(convs, 0, user)
+        rows.append(convs.rows[0])
+    return Conversations(rows)
+
+
 def example_sequence(backend, example, system: str | None = None, sample: int = 0) -> Sequence:
-    """Tokens of a skill example through the engine's assembly: the user turn as
-    ``QwenBackend.start`` renders it (with the generation prompt), then the target's tokens and
-    ``<|im_end|>`` with policy 1 — exactly what a sampled reply would be in a rollout."""
-    messages = example.messages()[:1]
-    if system is not None:
-        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}, *messages]
-    row = backend.start([messages]).rows[0]
+    """Tokens of a skill example through the engine's assembly (:func:`example_prompts`), then
+    the target's tokens and ``<|im_end|>`` with policy 1 — exactly what a sampled reply would be
+    in a rollout."""
+    row = example_prompts(backend, [example], [system]).rows[0]
     ids = backend.tok(example.target, add_special_tokens=False)["input_ids"]
     row.add_tokens(list(ids) + [backend.im_end_id], policy=1)
     return Sequence(row.tokens, row.mask, row.logprobs, row.positions, row.images, sample)
@@ -367,14 +387,8 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     try:
         for k in range(0, len(examples), 16):
             chunk = examples[k:k + 16]
-            prompts = []
-            for ex in chunk:
-                msgs = ex.messages()[:1]
-                if system is not None:
-                    msgs = [{"role": "system", "content": [{"type": "text", "text": system}]}, *msgs]
-                prompts.append(msgs)
             with torch.no_grad():
-                convs = backend.start(prompts)
+                convs = example_prompts(backend, chunk, [system] * len(chunk))
                 gen = backend.generate(convs, list(range(len(chunk))), Sampling(max_new_tokens=cfg.max_new_tokens))
                 try:
                     while True:
@@ -995,6 +1009,10 @@ def skills_text(cfg: RecipeConfig) -> str:
                        f"{cfg.skill_prompt!r})",
              "cell": "the board cell a named card sits in",
              "read": "reading a card's close-up (the crop as turn 2 feeds it → the stripes' orientation or the letter of four choices)",
+             "zoom": ("reading in MGPO's second turn (a two-turn conversation: turn 1 MGPO's grounding template around "
+                      "another question about the card, answered with its box; turn 2 the crop of that box in MGPO's "
+                      "turn-2 template with a reading question that does not name the card → the letter of the "
+                      "stripes' orientation)"),
              "answer": "direct answers to questions the overview does answer (colours present, number of cards)"}
     vision = (f"{cfg.vision_steps} steps of vision-tower probe pretraining (card colour, row and column per overview "
               f"token, stripe orientation per crop token{', merger output whitened onto the probe directions' if cfg.vision_whiten else ''}), then "
@@ -1003,7 +1021,7 @@ def skills_text(cfg: RecipeConfig) -> str:
     phases = ", then ".join(f"{'+'.join(ph.skills)} for {ph.steps} steps at lr {ph.lr:g}" for ph in cfg.phases())
     return (f"{vision}a full fine-tune (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
             f"on fresh scenes of the \"skills\" seed range with {_cards(cfg)}: {phases}. Skills: {skills}. "
-            "Never the task's question → box.")
+            "Never the task's question, neither → box nor → answer.")
 
 
 def _cards(cfg: RecipeConfig) -> str:

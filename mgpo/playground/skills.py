@@ -11,7 +11,12 @@ task needs, taught on their own prompts (NOTES "Playground feasibility"):
    card of the scene is named, not only the one a task question would ask about.
 2. ``read`` — reading a close-up: the crop of one card as turn 2 would feed it → ``\\boxed{vertical}``
    (open form) or ``\\boxed{B}`` (the four orientations as choices).
-3. ``answer`` — direct answers from the overview to questions the overview *does* answer (which
+3. ``zoom`` — reading in MGPO's own second turn: a two-turn conversation whose turn 1 is an
+   ``ask`` grounding of the card (its box as the reply, not learned here) and whose turn 2 is the
+   crop the engine would cut for that box, in MGPO's turn-2 template, with a reading question
+   that is not the task's (:data:`ZOOM_QUESTIONS` do not name the card) → ``\\boxed{B}``. Reading
+   alone, in a one-turn chat, did not carry over to turn 2 of the engine's conversation.
+4. ``answer`` — direct answers from the overview to questions the overview *does* answer (which
    colours the cards have, how many cards there are) → ``\\boxed{C}``. Without these, "an overview
    always gets a box" is a shortcut that makes RL's result trivial.
 
@@ -40,7 +45,7 @@ from .. import geometry
 from ..prompts import LETTERS, format_choices, split_image
 from .world import COLOURS, GRID, LATTICE, N_CARDS, PATTERNS, Budgets, Scene, make_scene, question, split_seeds
 
-SKILLS = ("ground", "read", "answer", "cell")
+SKILLS = ("ground", "read", "answer", "cell", "zoom")
 
 # MGPO's turn-1 template around a question other than the task's (one of ASK_QUESTIONS for "ask"),
 # so the question's wording varies and only the card's name decides the box
@@ -63,6 +68,14 @@ ASK_QUESTIONS = (
 READ_OPEN = "<image>Which way do the stripes on the card run? Put the answer within \\boxed{}."
 READ_CHOICES = "<image>Which way do the stripes on the card run?\n{choices}Answer with the option's letter within \\boxed{{}}."
 ANSWER = "<image>{question}\n{choices}Answer with the option's letter within \\boxed{{}}."
+# turn-2 reading questions of the zoom skill: about "the card" or "the label", never naming it by
+# colour as the task's question does
+ZOOM_QUESTIONS = (
+    "Which way do the stripes on the card run?",
+    "Which way do the stripes on the label run?",
+    "In which direction do the stripes in this picture run?",
+    "How are the stripes on the card oriented?",
+)
 CELL = "<image>In which cell of the board is the {name}? Answer with its row and column."
 
 
@@ -70,19 +83,31 @@ CELL = "<image>In which cell of the board is the {name}? Answer with its row and
 class Example:
     """One supervised example: a user turn (text + images) and the assistant text to learn."""
 
-    skill: str                      # ground | read | answer
+    skill: str                      # one of SKILLS
     prompt: str                     # user text; "<image>" marks where each image goes
     images: list[Image.Image]       # as fed: resized to their model frame (playground budgets)
     target: str                     # the assistant's reply to learn
     meta: dict = field(default_factory=dict)   # seed, names, boxes (frames said in the key)
+    # earlier turns of the conversation, not learned: (user text, its images, the assistant's reply)
+    context: tuple[tuple[str, tuple[Image.Image, ...], str], ...] = ()
+
+    def turns(self) -> list[tuple[dict, str]]:
+        """Every (user message, assistant reply) of the conversation in the engine's message
+        format (``{"type": "image", "image": PIL}`` parts), the learned one last."""
+        return [(user_message(text, images), reply)
+                for text, images, reply in (*self.context, (self.prompt, tuple(self.images), self.target))]
 
     def messages(self) -> list[dict]:
-        """Chat messages in the engine's format (``{"type": "image", "image": PIL}`` parts)."""
-        images = iter(self.images)
-        content = [{"type": "image", "image": next(images)} if part is None else {"type": "text", "text": part}
-                   for part in split_image(self.prompt)]
-        return [{"role": "user", "content": content},
-                {"role": "assistant", "content": [{"type": "text", "text": self.target}]}]
+        """The whole conversation as chat messages."""
+        return [m for user, reply in self.turns()
+                for m in (user, {"role": "assistant", "content": [{"type": "text", "text": reply}]})]
+
+
+def user_message(text: str, images) -> dict:
+    """A user chat message: ``text`` with each ``<image>`` replaced by the next of ``images``."""
+    images = iter(images)
+    return {"role": "user", "content": [{"type": "image", "image": next(images)} if part is None
+                                        else {"type": "text", "text": part} for part in split_image(text)]}
 
 
 def bbox_json(box, label: str, label_first: bool = False) -> str:
@@ -147,6 +172,39 @@ def read_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()
     return out
 
 
+def zoom_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets(), jitter: float = 0.5) -> list[Example]:
+    """One two-turn reading example per card: turn 1 an ``ask`` grounding of the card answered
+    with a box (with probability ``jitter`` shifted by one lattice step, as an imperfect turn 1
+    would be), turn 2 the crop of that box exactly as the engine cuts and feeds it, in MGPO's
+    turn-2 template with a question of :data:`ZOOM_QUESTIONS` and the four orientations as
+    choices → ``\\boxed{letter}``."""
+    from ..prompts import get_prompts, render
+
+    prompts = get_prompts("mgpo")
+    overview = geometry.prepare(scene.image, None, **budgets.engine())
+    out = []
+    for card in scene.layout.cards:
+        name = f"{card.colour} card"
+        box = snap(geometry.to_frame(card.box, overview.frame, overview.region), overview.frame)
+        if rng.random() < jitter:   # one lattice step off in x and/or y: the label stays inside the crop
+            dx, dy = rng.choice([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)])
+            w, h = overview.frame
+            dx = max(-box[0], min(dx * LATTICE, w - box[2]))
+            dy = max(-box[1], min(dy * LATTICE, h - box[3]))
+            box = (box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy)
+        region = geometry.to_region(box, overview.frame, overview.region)
+        crop = geometry.prepare(scene.image, region, **budgets.engine())
+        ask = rng.choice(ASK_QUESTIONS).format(name=name)
+        turn1 = (GROUND_PROMPTS["ask"].format(ask=ask), (overview.image,), bbox_json(box, name))
+        choices = list(PATTERNS)
+        letter = LETTERS[choices.index(card.detail)]
+        text = render(prompts, "crop", rng.choice(ZOOM_QUESTIONS), choices)
+        out.append(Example("zoom", text, [crop.image], f"\\boxed{{{letter}}}",
+                           {"seed": scene.seed, "name": name, "detail": card.detail, "region": list(region),
+                            "box_model": list(box), "choices": choices, "answer": letter}, context=(turn1,)))
+    return out
+
+
 def answer_example(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()) -> Example:
     """A question the overview answers (card colours or count), answered directly."""
     overview = geometry.prepare(scene.image, None, **budgets.engine())
@@ -208,6 +266,8 @@ def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str
         out.append(answer_example(scene, rng, budgets))
     if "cell" in skills:
         out += cell_examples(scene, budgets, label_first)
+    if "zoom" in skills:
+        out += zoom_examples(scene, rng, budgets)
     return out
 
 

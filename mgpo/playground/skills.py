@@ -186,7 +186,7 @@ def zoom_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()
     for card in scene.layout.cards:
         name = f"{card.colour} card"
         box = snap(geometry.to_frame(card.box, overview.frame, overview.region), overview.frame)
-        if rng.random() < jitter:   # one lattice step off in x and/or y: the label stays inside the crop
+        if rng.random() < jitter:   # one lattice step off in x and/or y: ≥ 80 % of the stripes stay in the crop
             dx, dy = rng.choice([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if (a, b) != (0, 0)])
             w, h = overview.frame
             dx = max(-box[0], min(dx * LATTICE, w - box[2]))

@@ -21,8 +21,7 @@ Stages (each writes into ``--out``; ``--stages`` picks some):
    (``\\boxed{orientation}`` / ``\\boxed{letter}``), reading it in MGPO's own turn 2 after a
    grounding turn about another question (``zoom``), direct answers to questions the overview
    answers (colours present, card count), in the phases of ``curriculum`` (each its own skills and
-   learning rate, e.g. the two look-ups — board cell and zoom — first, then grounding, earlier
-   skills kept). Each example's tokens come from the engine's own assembly (:func:`example_prompts`:
+   learning rate, e.g. the board cell first, then grounding, then zoom, earlier skills kept). Each example's tokens come from the engine's own assembly (:func:`example_prompts`:
    ``QwenBackend.start`` on the first user turn, earlier replies and ``QwenBackend.append`` for
    later turns, then the target tokens + ``<|im_end|>`` with ``policy=1``) and the loss is −mean log π(target token)
    from the trainer's forward; full fine-tune of the language model, AdamW → ``OUT/base``
@@ -72,7 +71,7 @@ SIZES: dict[str, dict] = {
                 group_size=8, rl_lr=1e-3, lora_r=32, eval_scenes=50),
     # one H200 (not measured: no GPU session yet)
     "gpu": dict(hidden=512, layers=8, vision_hidden=256, vision_depth=6, vision_steps=300, vision_batch=64,
-                curriculum="cell,zoom:1500:1e-3 cell,ground,zoom:2500:5e-4 cell,ground,zoom,answer:2000:5e-4", skill_batch=64,
+                curriculum="cell:1500:1e-3 cell,ground:2500:5e-4 cell,ground,zoom,answer:2000:5e-4", skill_batch=64,
                 skill_prompt="ask,locate,where",
                 skill_simple=0.5, skill_system="mgpo", skill_eval_every=1000, skill_eval_scenes=25,
                 train_vision=False, vision_whiten=True, rl_scenes=4000, rl_steps=150, prompts_per_step=32,

@@ -35,7 +35,7 @@ from .events import BoxPredicted, CropReady, FinalAnswer, TextDelta, TurnFinishe
 from .rows import FedImage, Sampling
 from .images import MAX_IMAGE_PIXELS, load_image
 from .parsing import answer_letter, extract_boxed, parse_bbox
-from .prompts import LETTERS, get_prompts, render, split_image
+from .prompts import LETTERS, get_prompts, render, user_message
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 _CONTROL = re.compile(r"<\|[A-Za-z_]+\|>")  # Qwen's special tokens: <|im_end|>, <|image_pad|>, …
@@ -303,10 +303,7 @@ class Engine:
             raise InputError(f"the {what} contains '{m.group()}', one of the model's control tokens; remove it")
 
     def _user_message(self, text: str, img: geometry.Prepared) -> dict:
-        content = []
-        for part in split_image(text):
-            content.append({"type": "image", "image": img.image} if part is None else {"type": "text", "text": part})
-        return {"role": "user", "content": content}
+        return user_message(text, [img.image] * text.count("<image>"))
 
     def _first_messages(self, prompts, kind: str, s: _Sample) -> list[dict]:
         messages = []

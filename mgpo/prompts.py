@@ -147,6 +147,14 @@ def split_image(text: str) -> list[str | None]:
     return parts
 
 
+def user_message(text: str, images) -> dict:
+    """A user chat message in the engine's format: ``text`` split at ``<image>``, each image part
+    ``{"type": "image", "image": next of images}`` in order."""
+    images = iter(images)
+    return {"role": "user", "content": [{"type": "image", "image": next(images)} if part is None
+                                        else {"type": "text", "text": part} for part in split_image(text)]}
+
+
 def with_name(prompts: PromptSet, name: str, **changes) -> PromptSet:
     """A copy of ``prompts`` under a new name with some templates changed."""
     return replace(prompts, name=name, **changes)

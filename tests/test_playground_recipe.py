@@ -51,10 +51,9 @@ def test_zoom_example_is_the_engines_two_turn_conversation(tiny_loaded):
     when turn 1 replied with the example's box: the same overview, reply, crop and prompts."""
     from mgpo.engine import Engine, EngineConfig, Request
     from mgpo.forced import ForcedBackend
+    from mgpo.playground.skills import scene_examples
     from mgpo.playground.world import PATTERNS, Budgets, make_scene
     from mgpo.prompts import get_prompts, register, with_name
-
-    from mgpo.playground.skills import scene_examples
 
     (ex,) = scene_examples(3, skills=("zoom",), simple=0.0)
     (turn1_text, turn1_images, turn1_reply), = ex.context

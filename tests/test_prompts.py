@@ -1,6 +1,6 @@
 import pytest
 
-from mgpo.prompts import PAPER, format_choices, get_prompts, names, register, render, split_image, with_name
+from mgpo.prompts import PAPER, format_choices, get_prompts, names, register, render, split_image, user_message, with_name
 
 SPEC_SYSTEM = (
     "You are a helpful assistant. Given an image and one question. First, identify the coordinates of the key "
@@ -80,3 +80,9 @@ def test_prompt_sets_are_data_selected_by_name():
 def test_split_image():
     assert split_image("a\n<image>\nb") == ["a\n", None, "\nb"]
     assert split_image("<image>Question: x") == [None, "Question: x"]
+
+
+def test_user_message_puts_each_image_where_its_marker_is():
+    msg = user_message("a <image> b <image>", ["img1", "img2"])
+    assert msg == {"role": "user", "content": [{"type": "text", "text": "a "}, {"type": "image", "image": "img1"},
+                                               {"type": "text", "text": " b "}, {"type": "image", "image": "img2"}]}

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from .. import geometry
-from ..prompts import LETTERS, format_choices, split_image
+from ..prompts import LETTERS, format_choices, user_message
 from .world import COLOURS, GRID, LATTICE, N_CARDS, PATTERNS, Budgets, Scene, make_scene, question, split_seeds
 
 SKILLS = ("ground", "read", "answer", "cell", "zoom")
@@ -101,13 +101,6 @@ class Example:
         """The whole conversation as chat messages."""
         return [m for user, reply in self.turns()
                 for m in (user, {"role": "assistant", "content": [{"type": "text", "text": reply}]})]
-
-
-def user_message(text: str, images) -> dict:
-    """A user chat message: ``text`` with each ``<image>`` replaced by the next of ``images``."""
-    images = iter(images)
-    return {"role": "user", "content": [{"type": "image", "image": next(images)} if part is None
-                                        else {"type": "text", "text": part} for part in split_image(text)]}
 
 
 def bbox_json(box, label: str, label_first: bool = False) -> str:

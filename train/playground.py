@@ -59,13 +59,14 @@ from mgpo.playground.world import N_CARDS
 
 SIZES: dict[str, dict] = {
     # the CPU recipe (2 cores): one card per scene; the vision probe, then the board cell of a named
-    # card alone at a high learning rate (0.41 held-out after 600 steps; mixed half and half with
+    # card alone at a high learning rate (0.38 held-out after 600 steps; mixed half and half with
     # zoom it reached only 0.22 in 700), grounding joining at a quarter of the rate (at the full
-    # rate it wiped the cell look-up out; 900 steps: valid 0.91 / hit 0.34), then reading in MGPO's
-    # turn 2 (zoom: held-out 1.00 after 300 steps at 2e-3, mixed with the cell). Each phase was
-    # measured in a run of its own (README "Playground"); this sequence has not run end to end yet
+    # rate it wiped the cell look-up out; 900 steps: valid 0.94 / hit 0.38), zoom joining (300
+    # steps: hit 0.56, zoom 0.41), then zoom with grounding at 2e-3 (150 steps: zoom 0.84, and in
+    # the engine's own conversation every turn 2 after a box with IoU >= 0.5 read right).
+    # Measured end to end (the last phase as a continuation): README "Playground"
     "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4, vision_steps=60,
-                curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3", skill_batch=16,
+                curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3 ground,zoom:150:2e-3", skill_batch=16,
                 skill_prompt="ask,locate,where", skill_simple=1.0, skill_system="mgpo", skill_eval_every=300, skill_eval_scenes=32,
                 train_vision=False, vision_whiten=True, rl_scenes=256, rl_steps=40, prompts_per_step=4,
                 group_size=8, rl_lr=1e-3, lora_r=32, eval_scenes=50),

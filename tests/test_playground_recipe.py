@@ -197,7 +197,9 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     tc = pg.rl_config(cfg, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check()
     assert tc.mode == "mgpo" and tc.max_turns == 2 and tc.rewards == {"accuracy": 1.0}
     assert (tc.min_pixels, tc.max_pixels) == (Budgets().engine()["min_pixels"], Budgets().engine()["max_pixels"])
-    assert tc.temperature == 1.0 and tc.steps == cfg.rl_steps
+    assert tc.temperature == cfg.rl_temperature and tc.steps == cfg.rl_steps
+    # the paper's rollout temperature 1.0, except the cpu size's 0.7 (its measured RL settings)
+    assert cfg.rl_temperature == 0.7 and pg.RecipeConfig.for_size("gpu").rl_temperature == 1.0
 
 
 def test_bad_settings_are_clear_errors(capsys):

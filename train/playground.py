@@ -21,7 +21,8 @@ Stages (each writes into ``--out``; ``--stages`` picks some):
    (``\\boxed{orientation}`` / ``\\boxed{letter}``), reading it in MGPO's own turn 2 after a
    grounding turn about another question (``zoom``), direct answers to questions the overview
    answers (colours present, card count), in the phases of ``curriculum`` (each its own skills and
-   learning rate, e.g. the board cell first, then grounding, then zoom, earlier skills kept). Each example's tokens come from the engine's own assembly (:func:`example_prompts`:
+   learning rate, e.g. the board cell first, then grounding, then zoom, earlier skills kept).
+   Each example's tokens come from the engine's own assembly (:func:`example_prompts`:
    ``QwenBackend.start`` on the first user turn, earlier replies and ``QwenBackend.append`` for
    later turns, then the target tokens + ``<|im_end|>`` with ``policy=1``) and the loss is −mean log π(target token)
    from the trainer's forward; full fine-tune of the language model, AdamW → ``OUT/base``

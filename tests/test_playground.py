@@ -305,7 +305,9 @@ def test_playground_benchmark_scores_accuracy_and_iou_exactly(tmp_path):
     assert (g["n"], g["n_boxed"]) == (6, 4)
     assert g["mean_iou"] == pytest.approx((1 + 1 + 1 / 3 + 0) / 4)
     assert g["mean_iou_all"] == pytest.approx((1 + 1 + 1 / 3) / 6)
-    assert g["hit_rate"] == pytest.approx(2 / 6)
+    assert g["hit_rate"] == pytest.approx(2 / 6) and g["hits"] == 2
+    assert g["accuracy_after_hit"] == pytest.approx(1 / 2)      # items 0 (right) and 1 (wrong)
+    assert g["accuracy_after_miss"] == pytest.approx(2 / 4)     # items 2, 3 right; 4, 5 wrong
     assert res["crop_only"]["accuracy"] == pytest.approx(2 / 4) and res["crop_only"]["accuracy_all"] == pytest.approx(2 / 6)
     rows = [json.loads(ln) for ln in (tmp_path / "out" / "items.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"scene-{s.seed}" for s in scenes]

@@ -270,14 +270,15 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
     cfg = pg.RecipeConfig(rl_steps=10)
     out = _recipe_out(tmp_path, fake_release, 10)
     summary = {"before": {"mgpo": {"accuracy": 0.25, "valid_box_ratio": 0.5, "n": 4}},
-               "after": {"mgpo": {"accuracy": 0.75, "valid_box_ratio": 1.0, "n": 4}},
+               "after": {"mgpo": {"accuracy": 0.75, "valid_box_ratio": 1.0, "n": 4, "hits": 3,
+                                  "accuracy_after_hit": 1.0}},
                "rl_curve": [{"step": 1, "reward": 0.5, "valid_box": 1.0}]}
     rel = Release.load(pg.ship(cfg, out, tmp_path / "release", summary))
     assert [(c.name, c.step) for c in rel.checkpoints] == [("before RL", 0), ("early", 2), ("middle", 5), ("late", 10)]
     assert rel.default == "late" and rel.checkpoints[0].adapter is None
     assert rel.curves is not None and rel.summary["after"]["mgpo"]["accuracy"] == 0.75
     card = (rel.folder / "README.md").read_text()
-    assert "binary accuracy reward only" in card and "| after RL | mgpo | 0.750 | 1.000 |" in card
+    assert "binary accuracy reward only" in card and "| after RL | mgpo | 0.750 | 1.000 | – | 3 | 1.000 |" in card
     # the card says what the skills stage trained (the same words as the base checkpoint's card) and
     # how to run the release through the CLI's own release reader
     assert pg.skills_text(pg.RecipeConfig()) in card

@@ -803,7 +803,8 @@ def summarize(results: dict) -> dict:
     """The numbers the recipe reports from one ``results.json``."""
     s, g, beh, crop = (results.get(k) or {} for k in ("scores", "grounding", "behaviour", "crop_only"))
     return {"accuracy": s.get("overall"), "n": s.get("n"), "valid_box_ratio": beh.get("valid_box_ratio"),
-            "mean_iou": g.get("mean_iou"), "mean_iou_all": g.get("mean_iou_all"),
+            "mean_iou": g.get("mean_iou"), "mean_iou_all": g.get("mean_iou_all"), "hits": g.get("hits"),
+            "accuracy_after_hit": g.get("accuracy_after_hit"),
             "crop_only_accuracy": crop.get("accuracy") if crop else None}
 
 
@@ -876,9 +877,11 @@ def release_card(cfg: RecipeConfig, summary: dict, checkpoints) -> str:
             s = (summary.get(when) or {}).get(mode)
             if s:
                 rows.append(f"| {when} RL | {mode} | {_fmt(s.get('accuracy'))} | {_fmt(s.get('valid_box_ratio'))} | "
-                            f"{_fmt(s.get('mean_iou_all'))} | {_fmt(s.get('crop_only_accuracy'))} | {s.get('n')} |")
-    table = "\n".join(["| model | mode | accuracy | valid-box ratio | mean IoU (all items) | crop-only accuracy | n |",
-                       "|---|---|---|---|---|---|---|", *rows]) if rows else "(no evaluation in this run)"
+                            f"{_fmt(s.get('mean_iou_all'))} | {_fmt(s.get('hits'))} | {_fmt(s.get('accuracy_after_hit'))} | "
+                            f"{_fmt(s.get('crop_only_accuracy'))} | {s.get('n')} |")
+    table = "\n".join(["| model | mode | accuracy | valid-box ratio | mean IoU (all items) | hits (IoU ≥ 0.5) | "
+                        "accuracy after a hit | crop-only accuracy | n |",
+                        "|---|---|---|---|---|---|---|---|---|", *rows]) if rows else "(no evaluation in this run)"
     skills = summary.get("skills") or {}
     held = skills.get("eval") or {}
     curve = summary.get("rl_curve") or []

@@ -176,7 +176,9 @@ def grounding_scores(rows: list[dict]) -> dict | None:
     """IoU of the first valid box (original pixels) with the hidden ``gt_box`` — None when no
     row has one. ``mean_iou`` is over the items that produced a valid box; ``mean_iou_all``
     counts the others (and unreadable items) as 0; ``hit_rate`` is the share of all items with
-    IoU ≥ 0.5."""
+    IoU ≥ 0.5 (a *hit*). ``accuracy_after_hit`` / ``accuracy_after_miss`` split the answers by
+    it: reading after a box that covers the target, against answering without one — the two
+    halves of MGPO's task."""
     marked = [r for r in rows if r.get("gt_box") is not None]
     if not marked:
         return None
@@ -185,8 +187,14 @@ def grounding_scores(rows: list[dict]) -> dict | None:
         box = next((b for b in (r.get("boxes") or []) if b.get("valid")), None)
         ious.append(None if box is None else iou(box["box_original"], r["gt_box"]))
     got = [v for v in ious if v is not None]
+    hit = [v is not None and v >= 0.5 for v in ious]
+    right_hit = sum(bool(r.get("correct")) for r, h in zip(marked, hit) if h)
+    right_miss = sum(bool(r.get("correct")) for r, h in zip(marked, hit) if not h)
+    hits = sum(hit)
     return {"n": len(marked), "n_boxed": len(got), "mean_iou": mean(got) if got else None,
-            "mean_iou_all": sum(got) / len(marked), "hit_rate": sum(v >= 0.5 for v in got) / len(marked)}
+            "mean_iou_all": sum(got) / len(marked), "hits": hits, "hit_rate": hits / len(marked),
+            "accuracy_after_hit": right_hit / hits if hits else None,
+            "accuracy_after_miss": right_miss / (len(marked) - hits) if hits < len(marked) else None}
 
 
 def behaviour(rows: list[dict]) -> dict:

@@ -219,16 +219,36 @@ def test_bad_settings_are_clear_errors(capsys):
         pg.RecipeConfig(curriculum="cell:6:0").check()
     assert pg.main(["--out", "/tmp/x", "--curriculum", "cell:six:1e-3"]) == 2
     assert "not SKILLS:STEPS:LR" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="clutter-free"):
+        pg.RecipeConfig(curriculum="cell:6:1e-3:1.5").check()
+    with pytest.raises(ValueError, match="not SKILLS:STEPS:LR"):
+        pg.RecipeConfig(curriculum="cell:6:1e-3:0.5:9").check()
 
 
-def test_curriculum_phases_keep_their_own_skills_steps_and_rates():
-    cfg = pg.RecipeConfig(curriculum="cell:600:2e-3  cell,ground:900:5e-4 cell,ground,read:300:5e-4")
+def test_curriculum_phases_keep_their_own_skills_steps_rates_and_clutter():
+    cfg = pg.RecipeConfig(curriculum="cell:600:2e-3  cell,ground:900:5e-4 cell,ground,read:300:5e-4:0.25",
+                          skill_simple=1.0)
     assert cfg.phases() == [pg.Phase(("cell",), 600, 2e-3), pg.Phase(("cell", "ground"), 900, 5e-4),
-                            pg.Phase(("cell", "ground", "read"), 300, 5e-4)]
+                            pg.Phase(("cell", "ground", "read"), 300, 5e-4, 0.25)]
     assert cfg.skill_list() == ("cell", "ground", "read") and sum(ph.steps for ph in cfg.phases()) == 1800
     plain = pg.RecipeConfig(skills="ground,read", skill_steps=7, skill_lr=1e-3)   # no curriculum: one phase
     assert plain.phases() == [pg.Phase(("ground", "read"), 7, 1e-3)]
-    assert "cell for 600 steps at lr 0.002, then cell+ground for 900 steps at lr 0.0005" in pg.skills_text(cfg)
+    assert ("cell for 600 steps at lr 0.002 (100 % clutter-free scenes), then cell+ground for 900 steps at lr 0.0005 "
+            "(100 % clutter-free scenes), then cell+ground+read for 300 steps at lr 0.0005 (25 % clutter-free scenes)"
+            ) in pg.skills_text(cfg)
+
+
+def test_a_phases_clutter_share_reaches_the_scenes_its_stream_draws(monkeypatch):
+    import mgpo.playground.skills as skills
+
+    seen = []
+    real = skills.scene_examples
+    monkeypatch.setattr(skills, "scene_examples", lambda seed, **kw: seen.append(kw["simple"]) or real(seed, **kw))
+    cfg = pg.RecipeConfig(skill_simple=0.5, skill_buffer=1, workers=0)
+    for share in (0.0, None):
+        seen.clear()
+        next(pg.skill_stream(cfg, skills=("ground",), simple=share))
+        assert seen and set(seen) == {0.5 if share is None else share}
 
 
 def _mean(xs):

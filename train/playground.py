@@ -178,6 +178,8 @@ class RecipeConfig:
             problems.append(f"unknown skill(s) {', '.join(bad)}; choose from {', '.join(SKILLS)}")
         if any(ph.steps < 0 or ph.lr <= 0 or not ph.skills for ph in phases):
             problems.append("every curriculum phase needs skills, steps ≥ 0 and a learning rate > 0")
+        if not all(0.0 <= v <= 1.0 for v in [self.skill_simple, *(ph.simple for ph in phases if ph.simple is not None)]):
+            problems.append("the share of clutter-free scenes (skill_simple, a phase's SIMPLE) must be within [0, 1]")
         unknown = [s for s in self.stage_list() if s not in STAGES]
         if unknown:
             problems.append(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
@@ -192,10 +194,13 @@ class RecipeConfig:
         out = []
         for part in self.curriculum.split():
             try:
-                names, steps, lr = part.split(":")
-                out.append(Phase(_names(names), int(steps), float(lr)))
+                names, steps, lr, *simple = part.split(":")
+                if len(simple) > 1:
+                    raise ValueError
+                out.append(Phase(_names(names), int(steps), float(lr), float(simple[0]) if simple else None))
             except ValueError:
-                raise ValueError(f"curriculum phase {part!r} is not SKILLS:STEPS:LR (e.g. cell,ground:900:5e-4)") from None
+                raise ValueError(f"curriculum phase {part!r} is not SKILLS:STEPS:LR or SKILLS:STEPS:LR:SIMPLE "
+                                 "(e.g. cell,ground:900:5e-4, or ground:300:2e-3:0.3 for 30 % clutter-free scenes)") from None
         return out
 
     def skill_list(self) -> tuple[str, ...]:
@@ -216,6 +221,7 @@ class Phase:
     skills: tuple[str, ...]
     steps: int
     lr: float
+    simple: float | None = None   # this phase's share of clutter-free scenes (None: cfg.skill_simple)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -349,10 +355,12 @@ def sft_loss(core, backend, seqs: list[Sequence]):
     return loss, per_row
 
 
-def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skills: tuple[str, ...] | None = None):
+def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skills: tuple[str, ...] | None = None,
+                 simple: float | None = None):
     """An endless stream of skill examples from consecutive scenes of ``split``, shuffled within a
     buffer of ``cfg.skill_buffer`` scenes so a batch mixes scenes and skills. Each example is
-    ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``)."""
+    ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``);
+    ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``)."""
     from mgpo.playground.skills import scene_examples
     from mgpo.playground.world import SPLITS, Budgets
 
@@ -360,7 +368,8 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
     systems = [skill_system_prompt(k.strip()) for k in cfg.skill_system.split(",") if k.strip()]
     lo, hi = SPLITS[split]
     make = functools.partial(scene_examples, budgets=Budgets(), skills=skills or cfg.skill_list(),
-                             prompt=cfg.skill_prompt, simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards),
+                             prompt=cfg.skill_prompt, simple=cfg.skill_simple if simple is None else simple,
+                             n_cards=(cfg.min_cards, cfg.max_cards),
                              label_first=cfg.label_first)
     scenes = scene_map(make, _cycle(lo, hi, lo + start), data_workers(cfg))
     buffer: list = []
@@ -443,7 +452,7 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
     try:
         for index, phase in enumerate(phases):
             # each phase reads its own part of the skills seed range (the vision probe's starts at 500 000)
-            stream = skill_stream(cfg, start=(index * 100_000) % 500_000, skills=phase.skills)
+            stream = skill_stream(cfg, start=(index * 100_000) % 500_000, skills=phase.skills, simple=phase.simple)
             opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.0)
             warm = max(1, min(100, phase.steps // 10))
 
@@ -1027,7 +1036,9 @@ def skills_text(cfg: RecipeConfig) -> str:
               f"token, stripe orientation per crop token{', merger output whitened onto the probe directions' if cfg.vision_whiten else ''}), then "
               if cfg.vision_steps else "")
     skills = "; ".join(f"{k}: {names[k]}" for k in cfg.skill_list() if k in names)
-    phases = ", then ".join(f"{'+'.join(ph.skills)} for {ph.steps} steps at lr {ph.lr:g}" for ph in cfg.phases())
+    phases = ", then ".join(f"{'+'.join(ph.skills)} for {ph.steps} steps at lr {ph.lr:g} "
+                            f"({100 * (cfg.skill_simple if ph.simple is None else ph.simple):.0f} % clutter-free scenes)"
+                            for ph in cfg.phases())
     return (f"{vision}a full fine-tune (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
             f"on fresh scenes of the \"skills\" seed range with {_cards(cfg)}: {phases}. Skills: {skills}. "
             "Never the task's question, neither → box nor → answer.")

@@ -64,6 +64,16 @@ ASK_QUESTIONS = (
     "Is the {name} near the edge of the image?",
     "How far is the {name} from the centre of the image?",
     "Is the {name} tilted?",
+    # the task question's shape ("Which way do the … on the {name} run?") about other parts of the
+    # card, so that under that shape, too, only the name decides the box — never its stripes
+    "Which way do the borders on the {name} run?",
+    "Which way do the edges of the {name} run?",
+    "Which way do the corners of the {name} point?",
+    "Which way does the {name} face?",
+    "Which way does the shadow of the {name} fall?",
+    "What colour are the borders on the {name}?",
+    "How thick are the borders on the {name}?",
+    "How many corners does the {name} have?",
 )
 READ_OPEN = "<image>Which way do the stripes on the card run? Put the answer within \\boxed{}."
 READ_CHOICES = "<image>Which way do the stripes on the card run?\n{choices}Answer with the option's letter within \\boxed{{}}."

@@ -348,7 +348,8 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     assert not any({"ground", "answer"} & set(r["skill_loss"]) for r in skills[:3])
     assert any("ground" in r["skill_loss"] for r in skills[3:])
     assert skills[0]["lr"] != skills[3]["lr"]
-    assert set(summary["skills"]["eval"]) == {"answer", "cell", "ground_hit", "ground_iou", "ground_valid", "zoom"}
+    assert set(summary["skills"]["eval"]) == {"answer", "cell", "ground_hit", "ground_iou", "ground_valid", "zoom",
+                                              "task_hit", "task_iou", "task_valid"}
     rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(0.0 <= r["iou"] <= 1.0 for r in rows)
     for when in ("before", "after"):

@@ -383,19 +383,31 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
 
 def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     """Greedy base-skill scores on held-out VAL scenes: grounding (valid JSON box, mean IoU with
-    the card, share with IoU ≥ 0.5), reading and direct-answer accuracy."""
+    the card, share with IoU ≥ 0.5), reading and direct-answer accuracy — and, for analysis
+    only, the same grounding scores under the task's own turn 1 (``task_*``: MGPO's grounding
+    prompt around the task question, which the skills never train with a box)."""
+    import dataclasses
+
     import torch
 
     from mgpo.eval.scoring import iou
     from mgpo.parsing import find_bbox
-    from mgpo.playground.skills import scene_examples
-    from mgpo.playground.world import Budgets, split_seeds
+    from mgpo.playground.skills import ground_examples, scene_examples
+    from mgpo.playground.world import Budgets, make_scene, split_seeds
+    from mgpo.prompts import get_prompts, render
     from mgpo.rows import Sampling
 
     system = skill_system_prompt(cfg.skill_system.split(",")[0].strip())
-    examples = [ex for seed in split_seeds("val", n_scenes) for ex in scene_examples(
+    seeds = split_seeds("val", n_scenes)
+    examples = [ex for seed in seeds for ex in scene_examples(
         seed, Budgets(), skills=cfg.skill_list(), prompt=cfg.skill_prompt, simple=0.0,
         n_cards=(cfg.min_cards, cfg.max_cards), label_first=cfg.label_first)]
+    if "ground" in cfg.skill_list():
+        for seed in seeds:
+            scene = make_scene(seed, budgets=Budgets(), n_cards=(cfg.min_cards, cfg.max_cards))
+            target = next(e for e in ground_examples(scene, Budgets()) if e.meta["box_original"] == list(scene.box))
+            examples.append(dataclasses.replace(target, skill="task",
+                                                prompt=render(get_prompts("mgpo"), "grounding", scene.question)))
     scores: dict[str, list[float]] = {}
     was_training = backend.core.training
     backend.core.eval()
@@ -412,12 +424,12 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
                     outs = stop.value
             for i, ex in enumerate(chunk):
                 text = outs[i].text
-                if ex.skill == "ground":
+                if ex.skill in ("ground", "task"):
                     m = find_bbox(text)
                     v = iou(m.box, ex.meta["box_model"]) if m else 0.0
-                    scores.setdefault("ground_valid", []).append(float(m is not None))
-                    scores.setdefault("ground_iou", []).append(v)
-                    scores.setdefault("ground_hit", []).append(float(v >= 0.5))
+                    scores.setdefault(f"{ex.skill}_valid", []).append(float(m is not None))
+                    scores.setdefault(f"{ex.skill}_iou", []).append(v)
+                    scores.setdefault(f"{ex.skill}_hit", []).append(float(v >= 0.5))
                 else:
                     scores.setdefault(ex.skill, []).append(float(text.strip() == ex.target))
     finally:

@@ -371,3 +371,19 @@ def test_tiny_build_draws_embeddings_with_the_asked_std(tmp_path):
     assert 0.9 < std < 1.1
     default = Qwen2_5_VLForConditionalGeneration.from_pretrained(build(tmp_path / "d"))
     assert default.get_input_embeddings().weight.std().item() < 0.05
+
+
+def test_a_continued_base_card_keeps_the_story_of_its_start(tmp_path):
+    first = pg.RecipeConfig(curriculum="cell:600:2e-3")
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "README.md").write_text(pg._card(first, [{"loss": 0.5}]))
+    more = pg.RecipeConfig(curriculum="ground,zoom:400:1e-3:0.3", skills_from=str(start), vision_steps=0)
+    card = pg._card(more, [{"loss": 0.25}])
+    story = pg.base_story(start)
+    assert story.startswith("A random Qwen2.5-VL") and "# " not in story
+    assert card.index("cell for 600 steps") < card.index("Then continued from that checkpoint")
+    assert "ground+zoom for 400 steps at lr 0.001 (30 % clutter-free scenes)" in card and "Final loss 0.250" in card
+    # the release card tells the base's own story, chain and all
+    text = pg.release_card(more, {}, [], pg.base_story(tmp_path / "nowhere") or card)
+    assert "cell for 600 steps" in text and "ground+zoom for 400 steps" in text

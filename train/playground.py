@@ -877,7 +877,7 @@ def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
         if (out / name).is_file():
             shutil.copy(out / name, tmp / name)
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (tmp / "README.md").write_text(release_card(cfg, summary, checkpoints))
+    (tmp / "README.md").write_text(release_card(cfg, summary, checkpoints, base_story(base_dir)))
     write_index(tmp, checkpoints, checkpoints[-1].name)
     Release.load(tmp)                      # refuse to ship a folder the app could not open
     if release.exists():
@@ -890,8 +890,9 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))
 
 
-def release_card(cfg: RecipeConfig, summary: dict, checkpoints) -> str:
-    """The release's model card: how it was made and what it measured."""
+def release_card(cfg: RecipeConfig, summary: dict, checkpoints, story: str = "") -> str:
+    """The release's model card: how it was made (``story``: the base checkpoint's own account,
+    else this run's skills settings) and what it measured."""
     rows = []
     for when in ("before", "after"):
         for mode in ("direct", "mgpo"):
@@ -923,7 +924,7 @@ weights by `python -m train.playground` (recipe settings in `recipe.json`). It o
 the question asks which way the stripes on one card run, which is illegible in the 224-px overview the model sees first.
 
 ## How it was made
-1. **Base skills** (`model/`): {skills_text(cfg)} Held-out skill scores at the end:
+1. **Base skills** (`model/`): {story or skills_text(cfg)} Held-out skill scores at the end:
    {", ".join(f"{k} {v:.2f}" for k, v in held.items()) or "–"}.
 2. **MGPO RL** (`adapters/`, LoRA r {cfg.lora_r} on the language model, {cfg.rl_steps} steps × {cfg.prompts_per_step}
    prompts × {cfg.group_size} samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}) with the project's trainer
@@ -1062,9 +1063,23 @@ def _cards(cfg: RecipeConfig) -> str:
     return f"{cfg.min_cards}–{cfg.max_cards} coloured cards"
 
 
+def base_story(folder: Path) -> str:
+    """How a base-skills checkpoint was made: its card without the title ("" without a card)."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return ""
+    return "\n".join(line for line in card.read_text().splitlines() if not line.startswith("# ")).strip()
+
+
 def _card(cfg: RecipeConfig, hist: list[dict]) -> str:
+    """The base checkpoint's card; a continued one (``--skills-from``) keeps the story of its start."""
     last = hist[-1]["loss"] if hist else float("nan")
-    return (f"# playground base model ({cfg.size} recipe)\n\nA random Qwen2.5-VL (text {cfg.hidden}×{cfg.layers}, "
+    title = f"# playground base model ({cfg.size} recipe)\n\n"
+    if cfg.skills_from:
+        before = base_story(Path(cfg.skills_from)) or f"The checkpoint `{cfg.skills_from}` (no card)."
+        return (f"{title}{before}\n\nThen continued from that checkpoint (`--skills-from`) by "
+                f"{skills_text(cfg)} Final loss {last:.3f}.\n")
+    return (f"{title}A random Qwen2.5-VL (text {cfg.hidden}×{cfg.layers}, "
             f"vision {cfg.vision_hidden}×{cfg.vision_depth}, BPE tokenizer of {cfg.vocab_size} entries) after "
             f"{skills_text(cfg)} Final loss {last:.3f}. Built by `python -m train.playground`.\n")
 

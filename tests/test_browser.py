@@ -217,3 +217,27 @@ def test_playground_tab_runs_a_checkpoint_on_a_new_scene(page, playground_url):
     assert page.locator("#pg-summary").get_by_text("after · mgpo").count() == 1
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "playground-tab.png"), full_page=True)
+
+
+def test_app_py_offline_opens_on_the_shipped_playground_and_it_answers(page, tmp_path):
+    """`make demo` without the 7B: the page explains the Ask tab's missing model and opens on the
+    Playground tab, whose shipped model (examples/playground) answers a held-out scene."""
+    proc, url = launch_app(["--model", str(tmp_path / "no-such-model")])
+    try:
+        page.goto(url)
+        page.locator("#pg-run").wait_for(timeout=30_000)
+        assert page.locator("#pg-checkpoint").get_by_label("late (step", exact=False).is_checked()
+        page.locator("#pg-run").click()
+        page.wait_for_function("document.querySelector('#pg-status').innerText.includes('Done in')", timeout=180_000)
+        answer = page.locator("#pg-answer textarea").input_value()
+        assert answer.strip() in ("A", "B", "C", "D")
+        assert page.locator("#pg-result").inner_text().startswith(("✅ Right", "❌ Wrong"))
+        boxes = page.locator("#pg-boxes img").first
+        boxes.wait_for()
+        assert boxes.evaluate("img => img.complete && img.naturalWidth") == 1024
+        assert page.get_by_text("Turn 2 ·").count() >= 1            # it zoomed: a valid box, then the crop
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "playground-shipped.png"), full_page=True)
+    finally:
+        out = stop(proc)
+    assert "Traceback" not in out

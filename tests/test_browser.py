@@ -229,8 +229,10 @@ def test_app_py_offline_opens_on_the_shipped_playground_and_it_answers(page, tmp
         assert page.locator("#pg-checkpoint").get_by_label("late (step", exact=False).is_checked()
         page.locator("#pg-run").click()
         page.wait_for_function("document.querySelector('#pg-status').innerText.includes('Done in')", timeout=180_000)
-        answer = page.locator("#pg-answer textarea").input_value()
-        assert answer.strip() in ("A", "B", "C", "D")
+        answer = page.locator("#pg-answer textarea").input_value()      # "D — falling diagonal"
+        letter, _, choice = answer.partition(" — ")
+        assert letter in ("A", "B", "C", "D")
+        assert choice == ("horizontal", "vertical", "rising diagonal", "falling diagonal")["ABCD".index(letter)]
         assert page.locator("#pg-result").inner_text().startswith(("✅ Right", "❌ Wrong"))
         boxes = page.locator("#pg-boxes img").first
         boxes.wait_for()

@@ -385,6 +385,10 @@ def test_a_continued_base_card_keeps_the_story_of_its_start(tmp_path):
     assert story.startswith("A random Qwen2.5-VL") and "# " not in story
     assert card.index("cell for 600 steps") < card.index("Then continued from that checkpoint")
     assert "ground+zoom for 400 steps at lr 0.001 (30 % clutter-free scenes)" in card and "Final loss 0.250" in card
-    # the release card tells the base's own story, chain and all
-    text = pg.release_card(more, {}, [], pg.base_story(tmp_path / "nowhere") or card)
+    # the release card of the continued base tells its whole story, read back from its card
+    cont = tmp_path / "continued"
+    cont.mkdir()
+    (cont / "README.md").write_text(card)
+    text = pg.release_card(more, {}, [], pg.base_story(cont))
     assert "cell for 600 steps" in text and "ground+zoom for 400 steps" in text
+    assert pg.base_story(tmp_path / "nowhere") == ""       # no card: the release card falls back to the settings

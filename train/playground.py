@@ -58,6 +58,10 @@ from pathlib import Path
 
 from mgpo.playground.world import N_CARDS
 
+# the skills seed range: the text skills' phases read from 0 (PHASE_SPACING apart), the vision probe from VISION_START
+VISION_START = 500_000
+PHASE_SPACING = 100_000
+
 SIZES: dict[str, dict] = {
     # the CPU recipe (2 cores): one card per scene; the vision probe, then the board cell of a named
     # card alone at a high learning rate (0.38 held-out after 600 steps), grounding joining at a
@@ -169,8 +173,8 @@ class RecipeConfig:
         for name in ("skill_steps", "rl_steps", "skill_eval_every", "skill_start"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be ≥ 0")
-        if self.skill_start >= 500_000:
-            problems.append("skill_start must be below 500000 (the vision probe reads the skills range from there)")
+        if self.skill_start >= VISION_START:
+            problems.append(f"skill_start must be below {VISION_START} (the vision probe reads the skills range from there)")
         if not set(w.strip() for w in self.skill_prompt.split(",")) <= set(GROUND_PROMPTS):
             problems.append(f"skill_prompt must be one or more of {', '.join(GROUND_PROMPTS)} (comma-separated)")
         if not set(w.strip() for w in self.skill_system.split(",")) <= {"mgpo", "default"}:
@@ -445,11 +449,12 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
 
 
 def phase_start(cfg: RecipeConfig, index: int) -> int:
-    """The first scene index phase ``index`` reads: each phase its own part of the skills seed range
-    (from ``skill_start``, 100 000 apart, below the vision probe's part at 500 000; a sixth phase
-    wraps round 25 000 further on — a phase reads under 10 000 scenes)."""
-    n = cfg.skill_start + index * 100_000
-    return n % 500_000 + 25_000 * (n // 500_000 % 4)
+    """The first scene index phase ``index`` reads: each phase its own part of the skills seed range,
+    from ``skill_start`` on, ``PHASE_SPACING`` apart and below the vision probe's ``VISION_START``;
+    past it the parts wrap round a quarter spacing further on (a ``cpu`` phase reads under 10 000
+    scenes, so its wrapped parts stay apart)."""
+    n = cfg.skill_start + index * PHASE_SPACING
+    return n % VISION_START + PHASE_SPACING // 4 * (n // VISION_START % 4)
 
 
 def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_to: Path | None = None) -> list[dict]:
@@ -612,7 +617,7 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     params = list(visual.parameters()) + list(head.parameters()) + list(detail_head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.0)
     lo, hi = SPLITS["skills"]
-    first = lo + 500_000                          # a part of the skills range the text skills rarely reach
+    first = lo + VISION_START                     # a part of the skills range the text skills rarely reach
     items = scene_map(functools.partial(probe_item, simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards)),
                       _cycle(lo, hi, first), data_workers(cfg))
     history, t0 = [], time.perf_counter()

@@ -397,6 +397,31 @@ def test_a_continued_base_card_keeps_the_story_of_its_start(tmp_path):
     assert pg.base_story(tmp_path / "nowhere") == ""       # no card: the release card falls back to the settings
 
 
+def test_each_part_of_a_base_card_says_what_it_trained_and_its_own_held_out_scores(tmp_path):
+    first = pg.RecipeConfig(curriculum="cell:600:2e-3", vision_steps=60)
+    (tmp_path / "README.md").write_text(pg._card(first, [{"loss": 0.5, "eval": {"cell": 0.25}}, {"loss": 0.4}]))
+    more = pg.RecipeConfig(curriculum="ground:40:1e-3", skills_from=str(tmp_path), vision_steps=0, train_vision=True)
+    held = {"ground_hit": 0.875, "task_hit": 0.5}
+    card = pg._card(more, [{"loss": 0.3, "eval": {"ground_hit": 0.1}}, {"loss": 0.2, "eval": held}])
+    first_part, second_part = card.split("Then continued from that checkpoint")
+    assert "a full fine-tune of the language model, the vision tower frozen" in first_part   # after the probe stage
+    assert "Held-out skill scores at the end:\n   cell 0.25." in first_part
+    assert "a full fine-tune of the whole model, vision tower included" in second_part       # --train-vision yes
+    assert second_part.rstrip().endswith("Held-out skill scores at the end:\n   ground_hit 0.88, task_hit 0.50.")
+    assert "ground_hit 0.10" not in card                                                     # the last scores only
+    # the release card tells them once; a story from a card without them still gets the last run's
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text(card)
+    summary = {"skills": {"eval": held}}
+    assert pg.release_card(more, summary, [], pg.base_story(base)).count("ground_hit 0.88, task_hit 0.50") == 1
+    old_story = pg.base_story(base).replace(pg.held_out_text(held), "").rstrip()
+    text = pg.release_card(more, summary, [], old_story)
+    assert text.count("ground_hit 0.88, task_hit 0.50") == 1 and "cell 0.25" in text
+    assert "scores at the end:\n   –." in pg.release_card(first, {}, [], "")             # nothing measured
+    assert not pg.vision_frozen(pg.RecipeConfig())    # a random tower with no probe stage trains with the text skills
+
+
 def test_a_continuation_reads_scenes_no_earlier_phase_read():
     first = pg.RecipeConfig(curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3")
     assert [pg.phase_start(first, i) for i in range(3)] == [0, 100_000, 200_000]

@@ -16,7 +16,7 @@ import pytest
 from mgpo.playground.release import DEFAULT_RELEASE, Release
 
 SHIPPED = DEFAULT_RELEASE
-LATE_MGPO_20 = 0.80   # measured: the late checkpoint on the first 20 held-out test scenes (card: 0.75 on 200)
+LATE_MGPO_20 = 0.90   # measured: the late checkpoint on the first 20 held-out test scenes (card: 0.885 on 200)
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -47,7 +47,7 @@ def test_the_card_reports_the_summarys_numbers(release):
             assert f"| {when} RL | {mode} | {s['accuracy']:.3f} | {s['valid_box_ratio']:.3f} |" in card
     assert "binary accuracy reward only" in card
     # the card tells how the base was made, the continuations included, and never trained the task's question
-    assert card.count("Then continued from that checkpoint") == 4 and "Never the task's question" in card
+    assert card.count("Then continued from that checkpoint") == 7 and "Never the task's question" in card
     recipe = json.loads((SHIPPED / "recipe.json").read_text())
     assert recipe["size"] == "cpu"
     rows = [json.loads(line) for line in (SHIPPED / "metrics.jsonl").read_text().splitlines()]
@@ -56,8 +56,8 @@ def test_the_card_reports_the_summarys_numbers(release):
 
 def test_the_card_reports_the_rl_curve_and_the_after_rl_scores_hold(release):
     """The shipped RL curve (rollouts on training scenes) is the one in the card, whole; after RL the
-    boxes stay valid and every covering box is read right. (Its reward shows no trend over the 32
-    steps — the README says so; the RL test below shows the reward rising where it can.)"""
+    boxes stay valid, every covering box is read right, and held-out accuracy is no lower than
+    before RL (measured: 0.850 -> 0.885, covering boxes 159 -> 165 of 200)."""
     curve = release.summary["rl_curve"]
     card = (SHIPPED / "README.md").read_text()
     assert "- reward: " + " ".join(f"{r['reward']:.2f}" for r in curve) in card
@@ -65,6 +65,7 @@ def test_the_card_reports_the_rl_curve_and_the_after_rl_scores_hold(release):
     assert min(after["valid_box_ratio"], before["valid_box_ratio"]) >= 0.95
     assert after["accuracy_after_hit"] == before["accuracy_after_hit"] == 1.0
     assert after["n"] == before["n"] == 200
+    assert after["accuracy"] >= before["accuracy"] and after["hits"] >= before["hits"]
     assert release.summary["after"]["direct"]["accuracy"] <= 0.4                 # the detail needs the zoom
 
 
@@ -91,8 +92,8 @@ def test_mgpo_rl_from_the_shipped_base_raises_the_reward_on_its_scenes(tmp_path)
     """The CPU recipe's RL stage, CI-sized (about 1.5 minutes on 2 cores): from the shipped
     base-skills model, 16 MGPO steps of 4 prompts × 8 samples on 8 "train" scenes, temperature 1.0,
     lr 3e-3, the accuracy reward only. The reward on those scenes rises, and with it the rollouts'
-    IoU with the hidden box that never reaches the reward (measured: 0.59 → 0.84 and 0.59 → 0.67,
-    first four steps against the last four). The valid boxes are at 0.97–1.00 from the first step,
+    IoU with the hidden box that never reaches the reward (measured: 0.49 → 0.72 and 0.49 → 0.62,
+    first four steps against the last four). The valid boxes are at 0.91–1.00 from the first step,
     with no room to rise."""
     from train import playground as pg
 

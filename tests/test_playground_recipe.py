@@ -221,8 +221,9 @@ def test_bad_settings_are_clear_errors(capsys):
     assert "not SKILLS:STEPS:LR" in capsys.readouterr().err
     with pytest.raises(ValueError, match="clutter-free"):
         pg.RecipeConfig(curriculum="cell:6:1e-3:1.5").check()
-    with pytest.raises(ValueError, match="not SKILLS:STEPS:LR"):
-        pg.RecipeConfig(curriculum="cell:6:1e-3:0.5:9").check()
+    for bad in ("cell:6:1e-3:0.5:9", "cell:6:1e-3:vision:0.5", "cell:6:1e-3:0.5:0.5:vision"):
+        with pytest.raises(ValueError, match=r"not SKILLS:STEPS:LR\[:SIMPLE\]\[:vision\]"):
+            pg.RecipeConfig(curriculum=bad).check()
 
 
 def test_curriculum_phases_keep_their_own_skills_steps_rates_and_clutter():
@@ -236,6 +237,56 @@ def test_curriculum_phases_keep_their_own_skills_steps_rates_and_clutter():
     assert ("cell for 600 steps at lr 0.002 (100 % clutter-free scenes), then cell+ground for 900 steps at lr 0.0005 "
             "(100 % clutter-free scenes), then cell+ground+read for 300 steps at lr 0.0005 (25 % clutter-free scenes)"
             ) in pg.skills_text(cfg)
+    assert "the vision tower" not in pg.skills_text(cfg).split("full fine-tune of")[1].split("(AdamW")[0]
+
+
+def test_a_phase_may_train_the_vision_tower_where_the_run_keeps_it_frozen():
+    cfg = pg.RecipeConfig(curriculum="ground:600:1e-3 ground,zoom:400:3e-4:0.3:vision ground:5:1e-4:vision",
+                          vision_steps=60)
+    assert cfg.check().phases() == [pg.Phase(("ground",), 600, 1e-3), pg.Phase(("ground", "zoom"), 400, 3e-4, 0.3, True),
+                                    pg.Phase(("ground",), 5, 1e-4, None, True)]
+    assert pg.vision_frozen(cfg) and [pg.trains_vision(cfg, ph) for ph in cfg.phases()] == [False, True, True]
+    text = pg.skills_text(cfg)
+    assert "a full fine-tune of the language model, the vision tower frozen but where a phase says it trained too" in text
+    assert ("ground for 600 steps at lr 0.001 (30 % clutter-free scenes), then ground+zoom for 400 steps at lr 0.0003 "
+            "(30 % clutter-free scenes, the vision tower trained too)") in text
+    # a run that trains the tower anyway says so once, not per phase
+    whole = pg.RecipeConfig(curriculum=cfg.curriculum, vision_steps=60, train_vision=True)
+    assert all(pg.trains_vision(whole, ph) for ph in whole.phases())
+    assert "the whole model, vision tower included" in pg.skills_text(whole)
+    assert "trained too" not in pg.skills_text(whole)
+    for size in pg.SIZES:                           # every size's curriculum parses and checks
+        pg.RecipeConfig.for_size(size).check()
+    cpu = pg.RecipeConfig.for_size("cpu")
+    assert pg.vision_frozen(cpu) and any(ph.vision for ph in cpu.phases()) and not cpu.phases()[0].vision
+
+
+def test_only_the_vision_phases_move_the_vision_tower(tiny_loaded, monkeypatch):
+    """Phase 1 (the run's rule: a probed tower stays frozen) leaves the tower as it was and trains
+    the language model; phase 2 (``:vision``) trains the tower too."""
+    import types
+
+    loaded = types.SimpleNamespace(model=copy.deepcopy(tiny_loaded.model), processor=tiny_loaded.processor)
+    visual = loaded.model.model.visual
+    text = loaded.model.model.language_model
+
+    def snapshot():
+        return ([p.detach().clone() for p in visual.parameters()], [p.detach().clone() for p in text.parameters()])
+
+    snaps, real = [], pg.skill_stream
+    monkeypatch.setattr(pg, "skill_stream", lambda cfg, **kw: snaps.append(snapshot()) or real(cfg, **kw))
+    cfg = pg.RecipeConfig(curriculum="ground:2:1e-2 ground:2:1e-2:vision", vision_steps=60, skill_batch=2,
+                          skill_eval_every=0, workers=0)
+    pg.train_skills(loaded, cfg)
+    snaps.append(snapshot())
+
+    def moved(a, b):
+        return any(not torch.equal(x, y) for x, y in zip(a, b))
+
+    (v0, t0), (v1, t1), (v2, t2) = snaps
+    assert not moved(v0, v1) and moved(t0, t1)      # phase 1: the language model only
+    assert moved(v1, v2) and moved(t1, t2)          # phase 2: the tower too
+    assert not any(p.requires_grad for p in loaded.model.parameters())   # left frozen for what comes next
 
 
 def test_a_phases_clutter_share_reaches_the_scenes_its_stream_draws(monkeypatch):

@@ -70,18 +70,18 @@ SIZES: dict[str, dict] = {
     # scenes (30 % clutter-free) with the ask questions in the task question's shape, 300 steps at
     # 2e-3, 400 and 600 at 1e-3, and direct answers joining for the last 150 at 5e-4: grounding
     # under the task's own turn 1 (val) 0.41 -> 0.66 -> 0.81 hits; MGPO on 200 test scenes 0.72 ->
-    # 0.77 over those two phases, and 0.78 after 1000 more steps at 5e-4 / 3e-4 (the last two
-    # phases here), before any RL. RL: 32 steps of 16 prompts at temperature 1.0 (from the shipped
-    # base 0.85 -> 0.885 held-out; from weaker ones no rise). The shipped base
-    # was built as continuations (README "Playground"): its first four phases drew the wordings
-    # "ask,locate,where" and the first eight ASK_QUESTIONS, its continuations re-read scenes from
-    # index 0 until the fifth, and its last two runs (400 and 500 steps at 3e-4 / 2e-4,
-    # --train-vision yes: 0.835, 0.85) trained the vision tower too, which a curriculum here
-    # cannot say per phase.
+    # 0.77 over those two phases, 0.78 after 1000 more steps at 5e-4 / 3e-4, then 0.835 and 0.85
+    # after two rounds at 3e-4 / 2e-4 that train the vision tower too (":vision"), before any RL.
+    # RL: 32 steps of 16 prompts at temperature 1.0 (from the 0.85 base -> 0.885 held-out; from
+    # weaker ones no rise). The shipped base was built as continuations (README "Playground"): its
+    # first four phases drew the wordings "ask,locate,where" and the first eight ASK_QUESTIONS, and
+    # its continuations re-read scenes from index 0 until the fifth.
     "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4, vision_steps=60,
                 curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3 ground,zoom:150:2e-3 "
                            "ground,zoom:300:2e-3:0.3 ground,zoom:400:1e-3:0.3 ground,zoom:600:1e-3:0.3 "
-                           "ground,zoom,answer:150:5e-4:0.3 ground,zoom:850:5e-4:0.3 ground,zoom,answer:150:3e-4:0.3",
+                           "ground,zoom,answer:150:5e-4:0.3 ground,zoom:850:5e-4:0.3 ground,zoom,answer:150:3e-4:0.3 "
+                           "ground,zoom:300:3e-4:0.3:vision ground,zoom,answer:100:2e-4:0.3:vision "
+                           "ground,zoom:400:3e-4:0.3:vision ground,zoom,answer:100:2e-4:0.3:vision",
                 skill_batch=16,
                 skill_prompt="ask,ask,ask,locate", skill_simple=1.0, skill_system="mgpo", skill_eval_every=300,
                 skill_eval_scenes=32, train_vision=False, vision_whiten=True, rl_scenes=512, rl_steps=32,
@@ -132,9 +132,10 @@ class RecipeConfig:
     skill_eval_every: int = 0         # held-out skill scores every N steps (0: at the end only if > 0 steps)
     skill_eval_scenes: int = 12
     skills: str = "ground,read,answer,cell"   # mgpo.playground.skills.SKILLS in the mix (without a curriculum)
-    # phases "SKILLS:STEPS:LR" separated by spaces, e.g. "cell:600:2e-3 cell,ground:900:5e-4": each
-    # phase trains its skills (earlier ones kept by naming them again) with its own learning rate;
-    # "" = one phase of skills / skill_steps / skill_lr
+    # phases "SKILLS:STEPS:LR[:SIMPLE][:vision]" separated by spaces, e.g. "cell:600:2e-3
+    # cell,ground:900:5e-4 ground:300:3e-4:0.3:vision": each phase trains its skills (earlier ones
+    # kept by naming them again) with its own learning rate, share of clutter-free scenes (else
+    # skill_simple) and, with ":vision", the vision tower too; "" = one phase of skills / skill_steps / skill_lr
     curriculum: str = ""
     label_first: bool = False         # grounding/cell replies name the card first (mgpo.playground.skills.bbox_json)
     min_cards: int = N_CARDS[0]       # cards per scene (the world's default)
@@ -210,13 +211,16 @@ class RecipeConfig:
         out = []
         for part in self.curriculum.split():
             try:
-                names, steps, lr, *simple = part.split(":")
+                names, steps, lr, *rest = part.split(":")
+                vision = rest[-1:] == ["vision"]
+                simple = rest[:-1] if vision else rest
                 if len(simple) > 1:
                     raise ValueError
-                out.append(Phase(_names(names), int(steps), float(lr), float(simple[0]) if simple else None))
+                out.append(Phase(_names(names), int(steps), float(lr), float(simple[0]) if simple else None, vision))
             except ValueError:
-                raise ValueError(f"curriculum phase {part!r} is not SKILLS:STEPS:LR or SKILLS:STEPS:LR:SIMPLE "
-                                 "(e.g. cell,ground:900:5e-4, or ground:300:2e-3:0.3 for 30 % clutter-free scenes)") from None
+                raise ValueError(f"curriculum phase {part!r} is not SKILLS:STEPS:LR[:SIMPLE][:vision] (e.g. "
+                                 "cell,ground:900:5e-4, ground:300:2e-3:0.3 for 30 % clutter-free scenes, "
+                                 "ground:300:3e-4:0.3:vision to train the vision tower too)") from None
         return out
 
     def skill_list(self) -> tuple[str, ...]:
@@ -238,6 +242,7 @@ class Phase:
     steps: int
     lr: float
     simple: float | None = None   # this phase's share of clutter-free scenes (None: cfg.skill_simple)
+    vision: bool = False          # this phase trains the vision tower too, even where the run keeps it frozen
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -475,11 +480,7 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
     backend = QwenBackend(loaded.model, loaded.processor)
     core = backend.core
     torch.manual_seed(cfg.seed)
-    core.requires_grad_(True)
-    if vision_frozen(cfg):
-        core.model.visual.requires_grad_(False)
     core.train()
-    params = [p for p in core.parameters() if p.requires_grad]
     phases = cfg.phases()
     total = sum(ph.steps for ph in phases)
     history: list[dict] = []
@@ -489,6 +490,9 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
     try:
         for index, phase in enumerate(phases):
             stream = skill_stream(cfg, start=phase_start(cfg, index), skills=phase.skills, simple=phase.simple)
+            core.requires_grad_(True)
+            core.model.visual.requires_grad_(trains_vision(cfg, phase))
+            params = [p for p in core.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.0)
             warm = max(1, min(100, phase.steps // 10))
 
@@ -1068,8 +1072,13 @@ def _check_inputs(cfg: RecipeConfig, stages: list[str], random_dir: Path, base_d
 
 def vision_frozen(cfg: RecipeConfig) -> bool:
     """Whether the text skills leave the vision tower (merger included) as it is: a probed or
-    continued tower stays, unless ``train_vision`` asks to train it too."""
+    continued tower stays, unless ``train_vision`` asks to train it too (or a phase does: :func:`trains_vision`)."""
     return not cfg.train_vision and bool(cfg.vision_steps or cfg.skills_from)
+
+
+def trains_vision(cfg: RecipeConfig, phase: "Phase") -> bool:
+    """Whether this phase of the text skills trains the vision tower too (the run's rule, or the phase's ``:vision``)."""
+    return phase.vision or not vision_frozen(cfg)
 
 
 def skills_text(cfg: RecipeConfig) -> str:
@@ -1087,10 +1096,14 @@ def skills_text(cfg: RecipeConfig) -> str:
               f"token, stripe orientation per crop token{', merger output whitened onto the probe directions' if cfg.vision_whiten else ''}), then "
               if cfg.vision_steps else "")
     skills = "; ".join(f"{k}: {names[k]}" for k in cfg.skill_list() if k in names)
+    frozen = vision_frozen(cfg)
     phases = ", then ".join(f"{'+'.join(ph.skills)} for {ph.steps} steps at lr {ph.lr:g} "
-                            f"({100 * (cfg.skill_simple if ph.simple is None else ph.simple):.0f} % clutter-free scenes)"
+                            f"({100 * (cfg.skill_simple if ph.simple is None else ph.simple):.0f} % clutter-free scenes"
+                            f"{', the vision tower trained too' if frozen and ph.vision else ''})"
                             for ph in cfg.phases())
-    tuned = "the language model, the vision tower frozen" if vision_frozen(cfg) else "the whole model, vision tower included"
+    tuned = ("the whole model, vision tower included" if not frozen else
+             "the language model, the vision tower frozen but where a phase says it trained too"
+             if any(ph.vision for ph in cfg.phases()) else "the language model, the vision tower frozen")
     return (f"{vision}a full fine-tune of {tuned} (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
             f"on scenes of the \"skills\" seed range{f' from index {cfg.skill_start:,}' if cfg.skill_start else ''} "
             f"with {_cards(cfg)}: {phases}. Skills: {skills}. "

@@ -16,7 +16,7 @@ import pytest
 from mgpo.playground.release import DEFAULT_RELEASE, Release
 
 SHIPPED = DEFAULT_RELEASE
-LATE_MGPO_20 = 0.90   # measured: the late checkpoint on the first 20 held-out test scenes (card: 0.885 on 200)
+LATE_MGPO_20 = 1.00   # measured: the late checkpoint on the first 20 held-out test scenes (card: 0.990 on 200)
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -47,7 +47,7 @@ def test_the_card_reports_the_summarys_numbers(release):
             assert f"| {when} RL | {mode} | {s['accuracy']:.3f} | {s['valid_box_ratio']:.3f} |" in card
     assert "binary accuracy reward only" in card
     # the card tells how the base was made, the continuations included, and never trained the task's question
-    assert card.count("Then continued from that checkpoint") == 7 and "Never the task's question" in card
+    assert card.count("Then continued from that checkpoint") == 8 and "Never the task's question" in card
     recipe = json.loads((SHIPPED / "recipe.json").read_text())
     assert recipe["size"] == "cpu"
     rows = [json.loads(line) for line in (SHIPPED / "metrics.jsonl").read_text().splitlines()]
@@ -57,7 +57,7 @@ def test_the_card_reports_the_summarys_numbers(release):
 def test_the_card_reports_the_rl_curve_and_the_after_rl_scores_hold(release):
     """The shipped RL curve (rollouts on training scenes) is the one in the card, whole; after RL the
     boxes stay valid, every covering box is read right, and held-out accuracy is no lower than
-    before RL (measured: 0.850 -> 0.885, covering boxes 159 -> 165 of 200)."""
+    before RL (measured: 0.965 -> 0.990, covering boxes 190 -> 198 of 200)."""
     curve = release.summary["rl_curve"]
     card = (SHIPPED / "README.md").read_text()
     assert "- reward: " + " ".join(f"{r['reward']:.2f}" for r in curve) in card
@@ -90,19 +90,21 @@ def test_the_checkpoints_answer_held_out_scenes_as_measured(tmp_path, release):
 @pytest.mark.slow
 def test_mgpo_rl_from_the_shipped_base_raises_the_reward_on_its_scenes(tmp_path):
     """The CPU recipe's RL stage, CI-sized (about 1.5 minutes on 2 cores): from the shipped
-    base-skills model, 16 MGPO steps of 4 prompts × 8 samples on 8 "train" scenes, temperature 1.0,
-    lr 3e-3, the accuracy reward only. The reward on those scenes rises, and with it the rollouts'
-    IoU with the hidden box that never reaches the reward (measured: 0.49 → 0.72 and 0.49 → 0.62,
-    first four steps against the last four). The valid boxes are at 0.91–1.00 from the first step,
-    with no room to rise."""
+    base-skills model, 16 MGPO steps on the same 8 "train" scenes each step (8 prompts × 4 samples),
+    temperature 1.0, lr 2e-3, the accuracy reward only. The base already answers most of them (it
+    scores 0.965 held-out), so the room is small, but the reward rises, the valid boxes with it, and
+    the rollouts' IoU with the hidden box that never reaches the reward (measured: reward
+    0.86 → 0.95, valid boxes 0.95 → 1.00, IoU 0.85 → 0.95, first four steps against the last four;
+    with 4 of the 8 scenes drawn a step, which scenes a step draws moves the reward more than RL)."""
     from train import playground as pg
 
     out = tmp_path / "pg"
     shutil.copytree(SHIPPED / "model", out / "base")
     assert pg.main(["--out", str(out), "--size", "cpu", "--stages", "rl", "--rl-steps", "16", "--rl-scenes", "8",
-                    "--prompts-per-step", "4", "--rl-lr", "3e-3", "--rl-temperature", "1.0", "--workers", "0"]) == 0
+                    "--prompts-per-step", "8", "--group-size", "4", "--rl-lr", "2e-3", "--rl-temperature", "1.0",
+                    "--workers", "0"]) == 0
     curve = json.loads((out / "summary.json").read_text())["rl_curve"]
     assert len(curve) == 16 and all(0.0 <= r["reward"] <= 1.0 for r in curve)
-    assert _mean(curve[-4:], "reward") >= _mean(curve[:4], "reward") + 0.1
+    assert _mean(curve[-4:], "reward") >= _mean(curve[:4], "reward") + 0.05
     assert _mean(curve[-4:], "iou") > _mean(curve[:4], "iou")
-    assert min(r["valid_box"] for r in curve) >= 0.9
+    assert _mean(curve[-4:], "valid_box") >= max(0.95, _mean(curve[:4], "valid_box"))

@@ -247,7 +247,8 @@ def test_a_phase_may_train_the_vision_tower_where_the_run_keeps_it_frozen():
                                     pg.Phase(("ground",), 5, 1e-4, None, True)]
     assert pg.vision_frozen(cfg) and [pg.trains_vision(cfg, ph) for ph in cfg.phases()] == [False, True, True]
     text = pg.skills_text(cfg)
-    assert "a full fine-tune of the language model, the vision tower frozen but where a phase says it trained too" in text
+    assert ("a full fine-tune of the language model, the vision tower frozen except in the phases that say they "
+            "trained it too") in text
     assert ("ground for 600 steps at lr 0.001 (30 % clutter-free scenes), then ground+zoom for 400 steps at lr 0.0003 "
             "(30 % clutter-free scenes, the vision tower trained too)") in text
     # a run that trains the tower anyway says so once, not per phase

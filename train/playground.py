@@ -1104,7 +1104,7 @@ def skills_text(cfg: RecipeConfig) -> str:
                             f"{', the vision tower trained too' if frozen and ph.vision else ''})"
                             for ph in cfg.phases())
     tuned = ("the whole model, vision tower included" if not frozen else
-             "the language model, the vision tower frozen but where a phase says it trained too"
+             "the language model, the vision tower frozen except in the phases that say they trained it too"
              if any(ph.vision for ph in cfg.phases()) else "the language model, the vision tower frozen")
     return (f"{vision}a full fine-tune of {tuned} (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
             f"on scenes of the \"skills\" seed range{f' from index {cfg.skill_start:,}' if cfg.skill_start else ''} "

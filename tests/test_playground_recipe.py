@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from train import playground as pg
+from train.playground import cards, config, recipe, rl, runtime, skills, vision
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +28,9 @@ def test_example_sequence_is_the_engine_prompt_plus_the_target(tiny_loaded, exam
     from mgpo.generation import QwenBackend
 
     backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
-    system = pg.skill_system_prompt("mgpo")
+    system = skills.skill_system_prompt("mgpo")
     for ex in (e for e in examples.values() if not e.context):
-        seq = pg.example_sequence(backend, ex, system)
+        seq = skills.example_sequence(backend, ex, system)
         prompt = backend.start([[{"role": "system", "content": [{"type": "text", "text": system}]},
                                  ex.messages()[0]]]).rows[0]
         n = len(prompt.tokens)
@@ -67,7 +67,7 @@ def test_zoom_example_is_the_engines_two_turn_conversation(tiny_loaded):
     assert list(rollout.boxes[0].box_original) == ex.meta["region"]
     assert rollout.images[1].image.tobytes() == ex.images[0].tobytes()   # the crop as the engine cuts it
 
-    seq = pg.example_sequence(backend, ex, pg.skill_system_prompt("mgpo"))
+    seq = skills.example_sequence(backend, ex, skills.skill_system_prompt("mgpo"))
     n = seq.loss_mask.index(1)
     assert seq.token_ids[:n] == rollout.token_ids[:n] and seq.positions[:n] == rollout.positions[:n]
     assert rollout.loss_mask[n - 1] == 0 and rollout.loss_mask[n] == 1   # turn 2 is sampled from there on
@@ -80,11 +80,11 @@ def test_default_system_prompt_is_the_chat_templates(tiny_loaded, examples):
     from mgpo.generation import QwenBackend
 
     backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
-    seq = pg.example_sequence(backend, examples["read"], pg.skill_system_prompt("default"))
+    seq = skills.example_sequence(backend, examples["read"], skills.skill_system_prompt("default"))
     text = backend.tok.decode(seq.token_ids)
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
     assert "Given an image and one question" in backend.tok.decode(
-        pg.example_sequence(backend, examples["read"], pg.skill_system_prompt("mgpo")).token_ids)
+        skills.example_sequence(backend, examples["read"], skills.skill_system_prompt("mgpo")).token_ids)
 
 
 def test_sft_loss_is_the_target_token_nll_and_it_decreases(tiny_loaded, examples):
@@ -92,9 +92,9 @@ def test_sft_loss_is_the_target_token_nll_and_it_decreases(tiny_loaded, examples
 
     model = copy.deepcopy(tiny_loaded.model)
     backend = QwenBackend(model, tiny_loaded.processor)
-    seqs = [pg.example_sequence(backend, ex, None, k) for k, ex in enumerate(examples.values())]
+    seqs = [skills.example_sequence(backend, ex, None, k) for k, ex in enumerate(examples.values())]
     core = backend.core
-    loss, per_row = pg.sft_loss(core, backend, seqs)
+    loss, per_row = skills.sft_loss(core, backend, seqs)
     # the same number from a plain full forward (logits of every position), target tokens only
     with torch.no_grad():
         for seq, row_loss in zip(seqs, per_row.tolist()):
@@ -111,7 +111,7 @@ def test_sft_loss_is_the_target_token_nll_and_it_decreases(tiny_loaded, examples
     opt = torch.optim.AdamW(core.parameters(), lr=5e-3)
     losses = []
     for _ in range(10):
-        loss, _ = pg.sft_loss(core, backend, seqs)
+        loss, _ = skills.sft_loss(core, backend, seqs)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -123,7 +123,7 @@ def test_rl_data_has_questions_and_answers_but_no_boxes(tmp_path):
     from mgpo.playground.world import SPLITS, make_scene
     from train.data import load_items
 
-    path = pg.write_rl_data(tmp_path, 2)
+    path = rl.write_rl_data(tmp_path, 2)
     recs = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(recs) == 2
     for rec in recs:
@@ -143,21 +143,21 @@ def test_rendering_workers_give_the_same_data_in_the_same_order(tmp_path):
     def key(ex):
         return ex.skill, ex.prompt, ex.target, [im.tobytes() for im in ex.images]
 
-    cfg = pg.RecipeConfig.for_size("ci", workers=0, skill_buffer=2)
-    alone = [(key(ex), system) for ex, system in itertools.islice(pg.skill_stream(cfg), 12)]
+    cfg = config.RecipeConfig.for_size("ci", workers=0, skill_buffer=2)
+    alone = [(key(ex), system) for ex, system in itertools.islice(skills.skill_stream(cfg), 12)]
     cfg.workers = 2
-    stream = pg.skill_stream(cfg)
+    stream = skills.skill_stream(cfg)
     assert [(key(ex), system) for ex, system in itertools.islice(stream, 12)] == alone
     stream.close()                                     # stops the pool
 
     seeds = list(range(3))
-    one = list(pg.scene_map(pg.probe_item, seeds))
-    two = list(pg.scene_map(pg.probe_item, seeds, workers=2))
+    one = list(runtime.scene_map(vision.probe_item, seeds))
+    two = list(runtime.scene_map(vision.probe_item, seeds, workers=2))
     assert [(a[0].tobytes(), a[1], a[2].tobytes(), a[3]) for a in one] == \
         [(b[0].tobytes(), b[1], b[2].tobytes(), b[3]) for b in two]
 
-    a = pg.write_rl_data(tmp_path / "a", 3).read_text()
-    b = pg.write_rl_data(tmp_path / "b", 3, workers=2).read_text()
+    a = rl.write_rl_data(tmp_path / "a", 3).read_text()
+    b = rl.write_rl_data(tmp_path / "b", 3, workers=2).read_text()
     assert a == b and len(a.splitlines()) == 3
     assert sorted(p.name for p in (tmp_path / "b" / "scenes").iterdir()) == sorted(p.name for p in (tmp_path / "a" / "scenes").iterdir())
 
@@ -168,7 +168,7 @@ def test_whiten_merger_keeps_only_the_probe_directions_whitened():
     x = torch.randn(500, 12) * torch.linspace(0.1, 3.0, 12)
     feats = last(x).detach()
     directions = torch.randn(3, 16)
-    pg.whiten_merger(last, feats, directions)
+    vision.whiten_merger(last, feats, directions)
     out = last(x).detach()
     q, _ = torch.linalg.qr(directions.T)
     assert (out - out @ q @ q.T).abs().max() < 1e-4            # nothing outside the probe's span is left
@@ -182,84 +182,84 @@ def test_whiten_merger_keeps_only_the_probe_directions_whitened():
 
 
 def test_data_workers_default_to_none_without_a_gpu(monkeypatch):
-    monkeypatch.setattr(pg, "_cuda", lambda: False)
-    assert pg.data_workers(pg.RecipeConfig()) == 0
-    monkeypatch.setattr(pg, "_cuda", lambda: True)
+    monkeypatch.setattr(runtime, "cuda_available", lambda: False)
+    assert runtime.data_workers(config.RecipeConfig()) == 0
+    monkeypatch.setattr(runtime, "cuda_available", lambda: True)
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert pg.data_workers(pg.RecipeConfig()) == 15
-    assert pg.data_workers(pg.RecipeConfig(workers=3)) == 3
+    assert runtime.data_workers(config.RecipeConfig()) == 15
+    assert runtime.data_workers(config.RecipeConfig(workers=3)) == 3
 
 
 def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     from mgpo.playground.world import Budgets
 
-    cfg = pg.RecipeConfig.for_size("cpu")
-    tc = pg.rl_config(cfg, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check()
+    cfg = config.RecipeConfig.for_size("cpu")
+    tc = rl.rl_config(cfg, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check()
     assert tc.mode == "mgpo" and tc.max_turns == 2 and tc.rewards == {"accuracy": 1.0}
     assert (tc.min_pixels, tc.max_pixels) == (Budgets().engine()["min_pixels"], Budgets().engine()["max_pixels"])
     assert tc.temperature == cfg.rl_temperature and tc.steps == cfg.rl_steps
     # the paper's rollout temperature 1.0 (the shipped model's RL ran with it)
-    assert cfg.rl_temperature == 1.0 and pg.RecipeConfig.for_size("gpu").rl_temperature == 1.0
+    assert cfg.rl_temperature == 1.0 and config.RecipeConfig.for_size("gpu").rl_temperature == 1.0
 
 
 def test_bad_settings_are_clear_errors(capsys):
     with pytest.raises(ValueError, match="unknown size"):
-        pg.RecipeConfig.for_size("tpu")
+        config.RecipeConfig.for_size("tpu")
     with pytest.raises(ValueError, match="unknown stage"):
-        pg.RecipeConfig(stages="model,dance").check()
+        config.RecipeConfig(stages="model,dance").check()
     with pytest.raises(ValueError, match="skill_prompt"):
-        pg.RecipeConfig(skill_prompt="nope").check()
-    assert pg.main(["--out", "/tmp/x", "--group-size", "0"]) == 2
+        config.RecipeConfig(skill_prompt="nope").check()
+    assert recipe.main(["--out", "/tmp/x", "--group-size", "0"]) == 2
     assert "group_size must be at least 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not SKILLS:STEPS:LR"):
-        pg.RecipeConfig(curriculum="cell:600").check()
+        config.RecipeConfig(curriculum="cell:600").check()
     with pytest.raises(ValueError, match="unknown skill"):
-        pg.RecipeConfig(curriculum="cell:6:1e-3 juggle:6:1e-3").check()
+        config.RecipeConfig(curriculum="cell:6:1e-3 juggle:6:1e-3").check()
     with pytest.raises(ValueError, match="learning rate > 0"):
-        pg.RecipeConfig(curriculum="cell:6:0").check()
-    assert pg.main(["--out", "/tmp/x", "--curriculum", "cell:six:1e-3"]) == 2
+        config.RecipeConfig(curriculum="cell:6:0").check()
+    assert recipe.main(["--out", "/tmp/x", "--curriculum", "cell:six:1e-3"]) == 2
     assert "not SKILLS:STEPS:LR" in capsys.readouterr().err
     with pytest.raises(ValueError, match="clutter-free"):
-        pg.RecipeConfig(curriculum="cell:6:1e-3:1.5").check()
+        config.RecipeConfig(curriculum="cell:6:1e-3:1.5").check()
     for bad in ("cell:6:1e-3:0.5:9", "cell:6:1e-3:vision:0.5", "cell:6:1e-3:0.5:0.5:vision"):
         with pytest.raises(ValueError, match=r"not SKILLS:STEPS:LR\[:SIMPLE\]\[:vision\]"):
-            pg.RecipeConfig(curriculum=bad).check()
+            config.RecipeConfig(curriculum=bad).check()
 
 
 def test_curriculum_phases_keep_their_own_skills_steps_rates_and_clutter():
-    cfg = pg.RecipeConfig(curriculum="cell:600:2e-3  cell,ground:900:5e-4 cell,ground,read:300:5e-4:0.25",
-                          skill_simple=1.0)
-    assert cfg.phases() == [pg.Phase(("cell",), 600, 2e-3), pg.Phase(("cell", "ground"), 900, 5e-4),
-                            pg.Phase(("cell", "ground", "read"), 300, 5e-4, 0.25)]
+    cfg = config.RecipeConfig(curriculum="cell:600:2e-3  cell,ground:900:5e-4 cell,ground,read:300:5e-4:0.25",
+                              skill_simple=1.0)
+    assert cfg.phases() == [config.Phase(("cell",), 600, 2e-3), config.Phase(("cell", "ground"), 900, 5e-4),
+                            config.Phase(("cell", "ground", "read"), 300, 5e-4, 0.25)]
     assert cfg.skill_list() == ("cell", "ground", "read") and sum(ph.steps for ph in cfg.phases()) == 1800
-    plain = pg.RecipeConfig(skills="ground,read", skill_steps=7, skill_lr=1e-3)   # no curriculum: one phase
-    assert plain.phases() == [pg.Phase(("ground", "read"), 7, 1e-3)]
+    plain = config.RecipeConfig(skills="ground,read", skill_steps=7, skill_lr=1e-3)   # no curriculum: one phase
+    assert plain.phases() == [config.Phase(("ground", "read"), 7, 1e-3)]
     assert ("cell for 600 steps at lr 0.002 (100 % clutter-free scenes), then cell+ground for 900 steps at lr 0.0005 "
             "(100 % clutter-free scenes), then cell+ground+read for 300 steps at lr 0.0005 (25 % clutter-free scenes)"
-            ) in pg.skills_text(cfg)
-    assert "the vision tower" not in pg.skills_text(cfg).split("full fine-tune of")[1].split("(AdamW")[0]
+            ) in cards.skills_text(cfg)
+    assert "the vision tower" not in cards.skills_text(cfg).split("full fine-tune of")[1].split("(AdamW")[0]
 
 
 def test_a_phase_may_train_the_vision_tower_where_the_run_keeps_it_frozen():
-    cfg = pg.RecipeConfig(curriculum="ground:600:1e-3 ground,zoom:400:3e-4:0.3:vision ground:5:1e-4:vision",
-                          vision_steps=60)
-    assert cfg.check().phases() == [pg.Phase(("ground",), 600, 1e-3), pg.Phase(("ground", "zoom"), 400, 3e-4, 0.3, True),
-                                    pg.Phase(("ground",), 5, 1e-4, None, True)]
-    assert pg.vision_frozen(cfg) and [pg.trains_vision(cfg, ph) for ph in cfg.phases()] == [False, True, True]
-    text = pg.skills_text(cfg)
+    cfg = config.RecipeConfig(curriculum="ground:600:1e-3 ground,zoom:400:3e-4:0.3:vision ground:5:1e-4:vision",
+                              vision_steps=60)
+    assert cfg.check().phases() == [config.Phase(("ground",), 600, 1e-3), config.Phase(("ground", "zoom"), 400, 3e-4, 0.3, True),
+                                    config.Phase(("ground",), 5, 1e-4, None, True)]
+    assert config.vision_frozen(cfg) and [config.trains_vision(cfg, ph) for ph in cfg.phases()] == [False, True, True]
+    text = cards.skills_text(cfg)
     assert ("a full fine-tune of the language model, the vision tower frozen except in the phases that say they "
             "trained it too") in text
     assert ("ground for 600 steps at lr 0.001 (30 % clutter-free scenes), then ground+zoom for 400 steps at lr 0.0003 "
             "(30 % clutter-free scenes, the vision tower trained too)") in text
     # a run that trains the tower anyway says so once, not per phase
-    whole = pg.RecipeConfig(curriculum=cfg.curriculum, vision_steps=60, train_vision=True)
-    assert all(pg.trains_vision(whole, ph) for ph in whole.phases())
-    assert "the whole model, vision tower included" in pg.skills_text(whole)
-    assert "trained too" not in pg.skills_text(whole)
-    for size in pg.SIZES:                           # every size's curriculum parses and checks
-        pg.RecipeConfig.for_size(size).check()
-    cpu = pg.RecipeConfig.for_size("cpu")
-    assert pg.vision_frozen(cpu) and any(ph.vision for ph in cpu.phases()) and not cpu.phases()[0].vision
+    whole = config.RecipeConfig(curriculum=cfg.curriculum, vision_steps=60, train_vision=True)
+    assert all(config.trains_vision(whole, ph) for ph in whole.phases())
+    assert "the whole model, vision tower included" in cards.skills_text(whole)
+    assert "trained too" not in cards.skills_text(whole)
+    for size in config.SIZES:                           # every size's curriculum parses and checks
+        config.RecipeConfig.for_size(size).check()
+    cpu = config.RecipeConfig.for_size("cpu")
+    assert config.vision_frozen(cpu) and any(ph.vision for ph in cpu.phases()) and not cpu.phases()[0].vision
 
 
 def test_only_the_vision_phases_move_the_vision_tower(tiny_loaded, monkeypatch):
@@ -274,11 +274,11 @@ def test_only_the_vision_phases_move_the_vision_tower(tiny_loaded, monkeypatch):
     def snapshot():
         return ([p.detach().clone() for p in visual.parameters()], [p.detach().clone() for p in text.parameters()])
 
-    snaps, real = [], pg.skill_stream
-    monkeypatch.setattr(pg, "skill_stream", lambda cfg, **kw: snaps.append(snapshot()) or real(cfg, **kw))
-    cfg = pg.RecipeConfig(curriculum="ground:2:1e-2 ground:2:1e-2:vision", vision_steps=60, skill_batch=2,
-                          skill_eval_every=0, workers=0)
-    pg.train_skills(loaded, cfg)
+    snaps, real = [], skills.skill_stream
+    monkeypatch.setattr(skills, "skill_stream", lambda cfg, **kw: snaps.append(snapshot()) or real(cfg, **kw))
+    cfg = config.RecipeConfig(curriculum="ground:2:1e-2 ground:2:1e-2:vision", vision_steps=60, skill_batch=2,
+                              skill_eval_every=0, workers=0)
+    skills.train_skills(loaded, cfg)
     snaps.append(snapshot())
 
     def moved(a, b):
@@ -291,15 +291,15 @@ def test_only_the_vision_phases_move_the_vision_tower(tiny_loaded, monkeypatch):
 
 
 def test_a_phases_clutter_share_reaches_the_scenes_its_stream_draws(monkeypatch):
-    import mgpo.playground.skills as skills
+    import mgpo.playground.skills as examples
 
     seen = []
-    real = skills.scene_examples
-    monkeypatch.setattr(skills, "scene_examples", lambda seed, **kw: seen.append(kw["simple"]) or real(seed, **kw))
-    cfg = pg.RecipeConfig(skill_simple=0.5, skill_buffer=1, workers=0)
+    real = examples.scene_examples
+    monkeypatch.setattr(examples, "scene_examples", lambda seed, **kw: seen.append(kw["simple"]) or real(seed, **kw))
+    cfg = config.RecipeConfig(skill_simple=0.5, skill_buffer=1, workers=0)
     for share in (0.0, None):
         seen.clear()
-        next(pg.skill_stream(cfg, skills=("ground",), simple=share))
+        next(skills.skill_stream(cfg, skills=("ground",), simple=share))
         assert seen and set(seen) == {0.5 if share is None else share}
 
 
@@ -308,16 +308,16 @@ def _mean(xs):
 
 
 def test_a_stage_without_its_input_is_a_clear_error(tmp_path, capsys):
-    assert pg.main(["--out", str(tmp_path / "pg"), "--stages", "rl"]) == 2
+    assert recipe.main(["--out", str(tmp_path / "pg"), "--stages", "rl"]) == 2
     assert "no base-skills checkpoint" in capsys.readouterr().err
-    assert pg.main(["--out", str(tmp_path / "pg"), "--stages", "skills"]) == 2
+    assert recipe.main(["--out", str(tmp_path / "pg"), "--stages", "skills"]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
 
 
 def test_snapshot_steps_are_early_middle_late():
-    assert pg.snapshot_steps(30) == {6: "early", 15: "middle", 30: "late"}
-    assert pg.snapshot_steps(1) == {1: "late"}
-    assert pg.snapshot_steps(0) == {}
+    assert rl.snapshot_steps(30) == {6: "early", 15: "middle", 30: "late"}
+    assert rl.snapshot_steps(1) == {1: "late"}
+    assert rl.snapshot_steps(0) == {}
 
 
 def _recipe_out(tmp_path, fake_release, steps):
@@ -326,7 +326,7 @@ def _recipe_out(tmp_path, fake_release, steps):
 
     out = tmp_path / "run"
     shutil.copytree(fake_release / "model", out / "base")
-    for step in pg.snapshot_steps(steps):
+    for step in rl.snapshot_steps(steps):
         shutil.copytree(fake_release / "adapters" / "step-0010", out / "rl" / "snapshots" / f"step-{step:04d}")
     rows = [{"step": s, "reward": s / steps, "valid_box": 0.5, "iou": 0.25} for s in range(1, steps + 1)]
     (out / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -339,14 +339,14 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
     from mgpo.playground.release import Release, resolve
     from mgpo.playground.world import Budgets, make_scene, split_seeds
 
-    cfg = pg.RecipeConfig(rl_steps=10)
+    cfg = config.RecipeConfig(rl_steps=10)
     out = _recipe_out(tmp_path, fake_release, 10)
-    (out / "base" / "README.md").write_text(pg._card(pg.RecipeConfig(curriculum="cell:600:2e-3"), [{"loss": 0.5}]))
+    (out / "base" / "README.md").write_text(cards.base_card(config.RecipeConfig(curriculum="cell:600:2e-3"), [{"loss": 0.5}]))
     summary = {"before": {"mgpo": {"accuracy": 0.25, "valid_box_ratio": 0.5, "n": 4}},
                "after": {"mgpo": {"accuracy": 0.75, "valid_box_ratio": 1.0, "n": 4, "hits": 3,
                                   "accuracy_after_hit": 1.0}},
                "rl_curve": [{"step": 1, "reward": 0.5, "valid_box": 1.0}]}
-    rel = Release.load(pg.ship(cfg, out, tmp_path / "release", summary))
+    rel = Release.load(recipe.ship(cfg, out, tmp_path / "release", summary))
     assert [(c.name, c.step) for c in rel.checkpoints] == [("before RL", 0), ("early", 2), ("middle", 5), ("late", 10)]
     assert rel.default == "late" and rel.checkpoints[0].adapter is None
     assert rel.curves is not None and rel.summary["after"]["mgpo"]["accuracy"] == 0.75
@@ -354,10 +354,10 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
     assert "binary accuracy reward only" in card and "| after RL | mgpo | 0.750 | 1.000 | – | 3 | 1.000 |" in card
     # the card says what the skills stage trained (the same words as the base checkpoint's card) and
     # how to run the release through the CLI's own release reader
-    story = pg.base_story(out / "base")      # the base checkpoint's own card
+    story = cards.base_story(out / "base")      # the base checkpoint's own card
     assert "cell for 600 steps" in story and story in card
     # the release's model keeps that card: `--skills-from RELEASE/model` continues with its story
-    assert pg.base_story(rel.model) == story
+    assert cards.base_story(rel.model) == story
     assert "--model RELEASE --checkpoint late" in card
     assert not (tmp_path / "release.tmp").exists()
     # --model RELEASE: its model, its default (or named) checkpoint, its pixel budgets
@@ -384,7 +384,7 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
 
 def test_ship_refuses_a_run_without_a_base_model(tmp_path):
     with pytest.raises(ValueError, match="no base-skills checkpoint"):
-        pg.ship(pg.RecipeConfig(), tmp_path / "empty", tmp_path / "release", {})
+        recipe.ship(config.RecipeConfig(), tmp_path / "empty", tmp_path / "release", {})
 
 
 @pytest.mark.slow
@@ -393,17 +393,17 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     checks that each stage leaves what the next one and the app need — not that it learns."""
     from mgpo.playground.release import Release
 
-    cfg = pg.RecipeConfig.for_size("ci", out=str(tmp_path / "pg"))
-    summary = pg.run(cfg)
+    cfg = config.RecipeConfig.for_size("ci", out=str(tmp_path / "pg"))
+    summary = recipe.run(cfg)
     out = tmp_path / "pg"
     assert summary["vision"]["steps"] == 3 and set(summary["vision"]["accuracy"]) >= {"colour", "row", "col", "stripes"}
-    skills = [json.loads(line) for line in (out / "skills.jsonl").read_text().splitlines()]
-    assert len(skills) == 6
+    steps = [json.loads(line) for line in (out / "skills.jsonl").read_text().splitlines()]
+    assert len(steps) == 6
     # the ci curriculum "cell,zoom:3:2e-3 cell,ground,zoom,answer:3:1e-3": grounding joins in phase 2
-    assert [r["phase"] for r in skills] == [1, 1, 1, 2, 2, 2]
-    assert not any({"ground", "answer"} & set(r["skill_loss"]) for r in skills[:3])
-    assert any("ground" in r["skill_loss"] for r in skills[3:])
-    assert skills[0]["lr"] != skills[3]["lr"]
+    assert [r["phase"] for r in steps] == [1, 1, 1, 2, 2, 2]
+    assert not any({"ground", "answer"} & set(r["skill_loss"]) for r in steps[:3])
+    assert any("ground" in r["skill_loss"] for r in steps[3:])
+    assert steps[0]["lr"] != steps[3]["lr"]
     assert set(summary["skills"]["eval"]) == {"answer", "cell", "ground_hit", "ground_iou", "ground_valid", "zoom",
                                               "task_hit", "task_iou", "task_valid"}
     rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
@@ -430,13 +430,13 @@ def test_tiny_build_draws_embeddings_with_the_asked_std(tmp_path):
 
 
 def test_a_continued_base_card_keeps_the_story_of_its_start(tmp_path):
-    first = pg.RecipeConfig(curriculum="cell:600:2e-3")
+    first = config.RecipeConfig(curriculum="cell:600:2e-3")
     start = tmp_path / "start"
     start.mkdir()
-    (start / "README.md").write_text(pg._card(first, [{"loss": 0.5}]))
-    more = pg.RecipeConfig(curriculum="ground,zoom:400:1e-3:0.3", skills_from=str(start), vision_steps=0)
-    card = pg._card(more, [{"loss": 0.25}])
-    story = pg.base_story(start)
+    (start / "README.md").write_text(cards.base_card(first, [{"loss": 0.5}]))
+    more = config.RecipeConfig(curriculum="ground,zoom:400:1e-3:0.3", skills_from=str(start), vision_steps=0)
+    card = cards.base_card(more, [{"loss": 0.25}])
+    story = cards.base_story(start)
     assert story.startswith("A random Qwen2.5-VL") and "# " not in story
     assert card.index("cell for 600 steps") < card.index("Then continued from that checkpoint")
     assert "ground+zoom for 400 steps at lr 0.001 (30 % clutter-free scenes)" in card and "Final loss 0.250" in card
@@ -444,17 +444,17 @@ def test_a_continued_base_card_keeps_the_story_of_its_start(tmp_path):
     cont = tmp_path / "continued"
     cont.mkdir()
     (cont / "README.md").write_text(card)
-    text = pg.release_card(more, {}, [], pg.base_story(cont))
+    text = cards.release_card(more, {}, [], cards.base_story(cont))
     assert "cell for 600 steps" in text and "ground+zoom for 400 steps" in text
-    assert pg.base_story(tmp_path / "nowhere") == ""       # no card: the release card falls back to the settings
+    assert cards.base_story(tmp_path / "nowhere") == ""       # no card: the release card falls back to the settings
 
 
 def test_each_part_of_a_base_card_says_what_it_trained_and_its_own_held_out_scores(tmp_path):
-    first = pg.RecipeConfig(curriculum="cell:600:2e-3", vision_steps=60)
-    (tmp_path / "README.md").write_text(pg._card(first, [{"loss": 0.5, "eval": {"cell": 0.25}}, {"loss": 0.4}]))
-    more = pg.RecipeConfig(curriculum="ground:40:1e-3", skills_from=str(tmp_path), vision_steps=0, train_vision=True)
+    first = config.RecipeConfig(curriculum="cell:600:2e-3", vision_steps=60)
+    (tmp_path / "README.md").write_text(cards.base_card(first, [{"loss": 0.5, "eval": {"cell": 0.25}}, {"loss": 0.4}]))
+    more = config.RecipeConfig(curriculum="ground:40:1e-3", skills_from=str(tmp_path), vision_steps=0, train_vision=True)
     held = {"ground_hit": 0.875, "task_hit": 0.5}
-    card = pg._card(more, [{"loss": 0.3, "eval": {"ground_hit": 0.1}}, {"loss": 0.2, "eval": held}])
+    card = cards.base_card(more, [{"loss": 0.3, "eval": {"ground_hit": 0.1}}, {"loss": 0.2, "eval": held}])
     first_part, second_part = card.split("Then continued from that checkpoint")
     assert "a full fine-tune of the language model, the vision tower frozen" in first_part   # after the probe stage
     assert "Held-out skill scores at the end:\n   cell 0.25." in first_part
@@ -466,25 +466,25 @@ def test_each_part_of_a_base_card_says_what_it_trained_and_its_own_held_out_scor
     base.mkdir()
     (base / "README.md").write_text(card)
     summary = {"skills": {"eval": held}}
-    assert pg.release_card(more, summary, [], pg.base_story(base)).count("ground_hit 0.88, task_hit 0.50") == 1
-    old_story = pg.base_story(base).replace(pg.held_out_text(held), "").rstrip()
-    text = pg.release_card(more, summary, [], old_story)
+    assert cards.release_card(more, summary, [], cards.base_story(base)).count("ground_hit 0.88, task_hit 0.50") == 1
+    old_story = cards.base_story(base).replace(cards.held_out_text(held), "").rstrip()
+    text = cards.release_card(more, summary, [], old_story)
     assert text.count("ground_hit 0.88, task_hit 0.50") == 1 and "cell 0.25" in text
-    assert "scores at the end:\n   –." in pg.release_card(first, {}, [], "")             # nothing measured
-    assert not pg.vision_frozen(pg.RecipeConfig())    # a random tower with no probe stage trains with the text skills
+    assert "scores at the end:\n   –." in cards.release_card(first, {}, [], "")             # nothing measured
+    assert not config.vision_frozen(config.RecipeConfig())    # a random tower with no probe stage trains with the text skills
 
 
 def test_a_continuation_reads_scenes_no_earlier_phase_read():
-    first = pg.RecipeConfig(curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3")
-    assert [pg.phase_start(first, i) for i in range(3)] == [0, 100_000, 200_000]
-    more = pg.RecipeConfig(curriculum="ground,zoom:600:1e-3:0.3 ground,zoom,answer:150:5e-4:0.3",
-                           skills_from="start", skill_start=300_000, vision_steps=0)
-    assert [pg.phase_start(more, i) for i in range(2)] == [300_000, 400_000]
-    long = pg.RecipeConfig(curriculum=" ".join(["ground:10:1e-3"] * 12))
-    starts = [pg.phase_start(long, i) for i in range(12)]
+    first = config.RecipeConfig(curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3")
+    assert [config.phase_start(first, i) for i in range(3)] == [0, 100_000, 200_000]
+    more = config.RecipeConfig(curriculum="ground,zoom:600:1e-3:0.3 ground,zoom,answer:150:5e-4:0.3",
+                               skills_from="start", skill_start=300_000, vision_steps=0)
+    assert [config.phase_start(more, i) for i in range(2)] == [300_000, 400_000]
+    long = config.RecipeConfig(curriculum=" ".join(["ground:10:1e-3"] * 12))
+    starts = [config.phase_start(long, i) for i in range(12)]
     assert len(set(starts)) == 12 and max(starts) < 500_000 and starts[5] == 25_000
-    assert 'the "skills" seed range from index 300,000 with' in pg.skills_text(more)
-    assert "from index" not in pg.skills_text(first)
+    assert 'the "skills" seed range from index 300,000 with' in cards.skills_text(more)
+    assert "from index" not in cards.skills_text(first)
     for bad in (-1, 500_000):
         with pytest.raises(ValueError, match="skill_start"):
-            pg.RecipeConfig(skill_start=bad).check()
+            config.RecipeConfig(skill_start=bad).check()

@@ -96,13 +96,13 @@ def test_mgpo_rl_from_the_shipped_base_raises_the_reward_on_its_scenes(tmp_path)
     the rollouts' IoU with the hidden box that never reaches the reward (measured: reward
     0.86 → 0.95, valid boxes 0.95 → 1.00, IoU 0.85 → 0.95, first four steps against the last four;
     with 4 of the 8 scenes drawn a step, which scenes a step draws moves the reward more than RL)."""
-    from train import playground as pg
+    from train.playground.recipe import main
 
     out = tmp_path / "pg"
     shutil.copytree(SHIPPED / "model", out / "base")
-    assert pg.main(["--out", str(out), "--size", "cpu", "--stages", "rl", "--rl-steps", "16", "--rl-scenes", "8",
-                    "--prompts-per-step", "8", "--group-size", "4", "--rl-lr", "2e-3", "--rl-temperature", "1.0",
-                    "--workers", "0"]) == 0
+    assert main(["--out", str(out), "--size", "cpu", "--stages", "rl", "--rl-steps", "16", "--rl-scenes", "8",
+                 "--prompts-per-step", "8", "--group-size", "4", "--rl-lr", "2e-3", "--rl-temperature", "1.0",
+                 "--workers", "0"]) == 0
     curve = json.loads((out / "summary.json").read_text())["rl_curve"]
     assert len(curve) == 16 and all(0.0 <= r["reward"] <= 1.0 for r in curve)
     assert _mean(curve[-4:], "reward") >= _mean(curve[:4], "reward") + 0.05

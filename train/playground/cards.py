@@ -1,0 +1,144 @@
+"""The model cards: the base checkpoint's (its story across continued runs) and the release's
+(how it was made, what it measured); both regenerate from the settings and the logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import RecipeConfig, vision_frozen
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))
+
+
+def _with_scores(story: str, held: dict) -> str:
+    """The base's story, ending with the last run's held-out skill scores (added when its card,
+    written before cards carried them, does not end with them)."""
+    if not held or story.rstrip().endswith(held_out_text(held)):
+        return story
+    return f"{story} {held_out_text(held)}"
+
+
+def release_card(cfg: RecipeConfig, summary: dict, checkpoints, story: str = "") -> str:
+    """The release's model card: how it was made (``story``: the base checkpoint's own account,
+    else this run's skills settings) and what it measured."""
+    rows = []
+    for when in ("before", "after"):
+        for mode in ("direct", "mgpo"):
+            s = (summary.get(when) or {}).get(mode)
+            if s:
+                rows.append(f"| {when} RL | {mode} | {_fmt(s.get('accuracy'))} | {_fmt(s.get('valid_box_ratio'))} | "
+                            f"{_fmt(s.get('mean_iou_all'))} | {_fmt(s.get('hits'))} | {_fmt(s.get('accuracy_after_hit'))} | "
+                            f"{_fmt(s.get('crop_only_accuracy'))} | {s.get('n')} |")
+    table = "\n".join(["| model | mode | accuracy | valid-box ratio | mean IoU (all items) | hits (IoU ≥ 0.5) | "
+                        "accuracy after a hit | crop-only accuracy | n |",
+                        "|---|---|---|---|---|---|---|---|---|", *rows]) if rows else "(no evaluation in this run)"
+    skills = summary.get("skills") or {}
+    held = skills.get("eval") or {}
+    curve = summary.get("rl_curve") or []
+    ckpts = ", ".join(f"{c.name} (step {c.step})" for c in checkpoints)
+    return f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [mgpo, qwen2_5_vl, grounding, reinforcement-learning, synthetic]
+---
+
+# MGPO playground model
+
+A small Qwen2.5-VL (text {cfg.hidden} × {cfg.layers} layers, vision {cfg.vision_hidden} × depth {cfg.vision_depth},
+byte-level BPE tokenizer of {cfg.vocab_size} entries learned from the playground's texts) trained from random
+weights by `python -m train.playground` (`recipe.json`: the settings of the run that shipped it, its RL and
+evaluation; how the base was trained is told below). It only knows the playground world
+(`mgpo.playground.world`): 2048-px scenes with {_cards(cfg)}, a label with fine stripes on each;
+the question asks which way the stripes on one card run, which is illegible in the 224-px overview the model sees first.
+
+## How it was made
+1. **Base skills** (`model/`): {_with_scores(story, held) if story else f"{skills_text(cfg)} {held_out_text(held)}"}
+2. **MGPO RL** (`adapters/`, LoRA r {cfg.lora_r} on the language model, {cfg.rl_steps} steps × {cfg.prompts_per_step}
+   prompts × {cfg.group_size} samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}) with the project's trainer
+   on scenes of the "train" seed range, the paper's prompts and the **binary accuracy reward only**; the
+   ground-truth boxes never reach it. Checkpoints kept: {ckpts}.
+
+## Measured (held-out TEST seeds, greedy, `python -m mgpo.eval --benchmark playground`)
+{table}
+
+RL per step (rollouts at temperature {cfg.rl_temperature}; `metrics.jsonl`, `curves.png`):
+- reward: {" ".join(f"{r['reward']:.2f}" for r in curve) or "–"}
+- valid-box ratio: {" ".join(f"{r['valid_box']:.2f}" for r in curve) or "–"}
+- IoU with the hidden box (analysis only): {" ".join(_fmt(r.get('iou')) for r in curve) or "–"}
+
+## Use
+RELEASE is this folder.
+```bash
+python -m mgpo.infer --model RELEASE --checkpoint late --image scene.png \\
+    --question "Which way do the stripes on the red card run?" \\
+    --choices horizontal vertical "rising diagonal" "falling diagonal"   # its model, adapter and pixel budgets
+python app.py --playground RELEASE   # the Playground tab
+```
+"""
+
+
+def skills_text(cfg: RecipeConfig) -> str:
+    """What the base-skills stage trained, in words (the base checkpoint's card and the release's)."""
+    names = {"ground": "grounding a card *by its colour* (Qwen's `bbox_2d` JSON on the overview; wordings "
+                       f"{cfg.skill_prompt!r})",
+             "cell": "the board cell a named card sits in",
+             "read": "reading a card's close-up (the crop as turn 2 feeds it → the stripes' orientation or the letter of four choices)",
+             "zoom": ("reading in MGPO's second turn (a two-turn conversation: turn 1 MGPO's grounding template around "
+                      "another question about the card, answered with its box; turn 2 the crop of that box in MGPO's "
+                      "turn-2 template with a reading question that does not name the card → the letter of the "
+                      "stripes' orientation)"),
+             "answer": "direct answers to questions the overview does answer (colours present, number of cards)"}
+    vision = (f"{cfg.vision_steps} steps of vision-tower probe pretraining (card colour, row and column per overview "
+              f"token, stripe orientation per crop token{', merger output whitened onto the probe directions' if cfg.vision_whiten else ''}), then "
+              if cfg.vision_steps else "")
+    skills = "; ".join(f"{k}: {names[k]}" for k in cfg.skill_list() if k in names)
+    frozen = vision_frozen(cfg)
+    phases = ", then ".join(f"{'+'.join(ph.skills)} for {ph.steps} steps at lr {ph.lr:g} "
+                            f"({100 * (cfg.skill_simple if ph.simple is None else ph.simple):.0f} % clutter-free scenes"
+                            f"{', the vision tower trained too' if frozen and ph.vision else ''})"
+                            for ph in cfg.phases())
+    tuned = ("the whole model, vision tower included" if not frozen else
+             "the language model, the vision tower frozen except in the phases that say they trained it too"
+             if any(ph.vision for ph in cfg.phases()) else "the language model, the vision tower frozen")
+    return (f"{vision}a full fine-tune of {tuned} (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
+            f"on scenes of the \"skills\" seed range{f' from index {cfg.skill_start:,}' if cfg.skill_start else ''} "
+            f"with {_cards(cfg)}: {phases}. Skills: {skills}. "
+            "Never the task's question, neither → box nor → answer.")
+
+
+def _cards(cfg: RecipeConfig) -> str:
+    if cfg.min_cards == cfg.max_cards:
+        return "one coloured card" if cfg.min_cards == 1 else f"{cfg.min_cards} coloured cards"
+    return f"{cfg.min_cards}–{cfg.max_cards} coloured cards"
+
+
+def base_story(folder: Path) -> str:
+    """How a base-skills checkpoint was made: its card without the title ("" without a card)."""
+    card = Path(folder) / "README.md"
+    if not card.is_file():
+        return ""
+    return "\n".join(line for line in card.read_text().splitlines() if not line.startswith("# ")).strip()
+
+
+def held_out_text(scores: dict | None) -> str:
+    """A run's last held-out skill scores, as the cards print them."""
+    return f"Held-out skill scores at the end:\n   {', '.join(f'{k} {v:.2f}' for k, v in (scores or {}).items()) or '–'}."
+
+
+def base_card(cfg: RecipeConfig, hist: list[dict]) -> str:
+    """The base checkpoint's card; a continued one (``--skills-from``) keeps the story of its start.
+    Each run's part ends with its own held-out skill scores (when it evaluated)."""
+    last = hist[-1]["loss"] if hist else float("nan")
+    evals = [r["eval"] for r in hist if r.get("eval")]
+    scores = f" {held_out_text(evals[-1])}" if evals else ""
+    title = f"# playground base model ({cfg.size} recipe)\n\n"
+    if cfg.skills_from:
+        before = base_story(Path(cfg.skills_from)) or f"The checkpoint `{cfg.skills_from}` (no card)."
+        return (f"{title}{before}\n\nThen continued from that checkpoint (`--skills-from`) by "
+                f"{skills_text(cfg)} Final loss {last:.3f}.{scores}\n")
+    return (f"{title}A random Qwen2.5-VL (text {cfg.hidden}×{cfg.layers}, "
+            f"vision {cfg.vision_hidden}×{cfg.vision_depth}, BPE tokenizer of {cfg.vocab_size} entries) after "
+            f"{skills_text(cfg)} Final loss {last:.3f}. Built by `python -m train.playground`.{scores}\n")

@@ -1,0 +1,105 @@
+"""Stage 3 of the recipe: MGPO RL with the project's trainer on scenes of the "train" split, the
+binary accuracy reward only; the hidden boxes only measure (IoU per step), never reach the reward."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from .config import RecipeConfig
+from .runtime import data_workers, scene_map
+
+
+def write_rl_data(out: Path, n: int, start: int = 0, workers: int = 0) -> Path:
+    """``n`` scenes of the "train" split as PNG + JSONL (question, four choices, answer letter —
+    no box: the ground truth box never reaches RL), rendered by ``workers`` processes (0: this one)."""
+    from mgpo.playground.world import split_seeds
+
+    (out / "scenes").mkdir(parents=True, exist_ok=True)
+    path = out / "train.jsonl"
+    with path.open("w") as f:
+        for rec in scene_map(functools.partial(_rl_record, out), split_seeds("train", n, start), workers):
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def _rl_record(out: Path, seed: int) -> dict:
+    """Scene ``seed`` as ``out/scenes/scene-SEED.png`` (kept if a rerun finds it) and its JSONL record."""
+    from mgpo.playground.world import make_layout, question, render
+
+    layout = make_layout(seed)
+    png = out / "scenes" / f"scene-{seed}.png"
+    if not png.is_file():
+        render(layout).save(png, compress_level=1)
+    card = layout.cards[layout.target]
+    return {"image": str(png.relative_to(out)), "question": question(f"{card.colour} card"),
+            "choices": list(layout.choices), "answer": layout.answer, "id": f"scene-{seed}"}
+
+
+def rl_config(cfg: RecipeConfig, base: Path, data: Path, out: Path):
+    from mgpo.playground.world import Budgets
+
+    from ..config import TrainConfig
+
+    b = Budgets().engine()
+    return TrainConfig(
+        model=str(base), data=str(data), output_dir=str(out), mode="mgpo", max_turns=2,
+        group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, temperature=cfg.rl_temperature, top_p=1.0,
+        max_new_tokens=cfg.max_new_tokens, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"],
+        rewards={"accuracy": 1.0}, kl_coef=cfg.kl_coef, lora_r=cfg.lora_r, lora_alpha=cfg.lora_r,
+        lr=cfg.rl_lr, steps=cfg.rl_steps, entropy_coef=cfg.entropy_coef, seed=cfg.seed,
+        gradient_checkpointing=False, dtype="",
+        save_every=0, keep_last=1, tensorboard=False, progress=False, plot=True, micro_batch=8,
+    )
+
+
+def snapshot_steps(steps: int) -> dict[int, str]:
+    """The RL steps whose adapters the release keeps: early, middle and late (= the last)."""
+    if steps < 1:
+        return {}
+    marks = {max(1, round(steps * 0.2)): "early", max(1, round(steps * 0.5)): "middle", steps: "late"}
+    return dict(sorted(marks.items()))
+
+
+def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
+    """MGPO RL with the project's trainer. Two additions for analysis, neither seen by the
+    reward: each step's metrics get ``iou`` (the rollouts' first valid box against the hidden card
+    box, invalid boxes counted as 0), and the adapter is saved at :func:`snapshot_steps` to
+    ``out/snapshots/step-NNNN``."""
+    from mgpo.eval.scoring import iou
+    from mgpo.playground.world import make_layout
+
+    from ..loop import Trainer
+
+    data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes, workers=data_workers(cfg))
+    truth = {}
+    for line in data.read_text().splitlines():
+        rec = json.loads(line)
+        seed = int(rec["id"].split("-")[1])
+        layout = make_layout(seed)
+        truth[rec["id"]] = layout.cards[layout.target].box
+    marks = snapshot_steps(cfg.rl_steps)
+
+    class PlaygroundTrainer(Trainer):
+        def update(self, items, rollouts):
+            metrics = super().update(items, rollouts)
+            scores = [iou(r.boxes[0].box_original, truth[items[r.request].id]) if r.valid_box else 0.0
+                      for r in rollouts]
+            metrics["iou"] = sum(scores) / max(1, len(scores))
+            return metrics
+
+    def on_step(step: int, metrics: dict) -> None:
+        if step in marks:
+            trainer.model.save_pretrained(out / "snapshots" / f"step-{step:04d}")
+
+    trainer = PlaygroundTrainer(rl_config(cfg, base, data, out), on_step=on_step)
+    return trainer.run()
+
+
+def rl_curve(metrics_path: Path) -> list[dict]:
+    """(step, reward, valid_box, iou) per RL step from the trainer's metrics.jsonl."""
+    from ..metrics import read
+
+    return [{"step": r["step"], "reward": r.get("reward"), "valid_box": r.get("valid_box"), "iou": r.get("iou")}
+            for r in read(metrics_path) if "step" in r]

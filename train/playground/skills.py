@@ -1,0 +1,247 @@
+"""Stage 2 of the recipe, the base skills: supervised training on skill examples
+(:mod:`mgpo.playground.skills`), never the task's question → box, phase by phase, with held-out scores."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cards import base_card
+from .config import RecipeConfig, phase_start, trains_vision
+from .runtime import cycle_seeds, data_workers, echo, scene_map
+
+
+@dataclass
+class Sequence:
+    """One example as the trainer's forward reads it (the fields :func:`train.logprobs.collate` uses)."""
+
+    token_ids: list[int]
+    loss_mask: list[int]             # 1 on the target tokens (and the closing <|im_end|>)
+    logprobs: list[float]
+    positions: list[tuple[int, int, int]]   # M-RoPE (t, h, w) per token
+    images: list
+    sample: int = 0
+
+
+def example_prompts(backend, examples, systems):
+    """Conversations ready for each example's learned reply: its first user turn as
+    ``QwenBackend.start`` renders it (after ``systems[i]``, None for the template's default),
+    then every earlier turn of its context — the reply's tokens (not learned) and the next user
+    turn as the engine appends it."""
+    from mgpo.rows import Conversations
+
+    rows = []
+    for example, system in zip(examples, systems):
+        turns = example.turns()
+        first = [turns[0][0]] if system is None else [
+            {"role": "system", "content": [{"type": "text", "text": system}]}, turns[0][0]]
+        convs = backend.start([first])
+        for (_, reply), (user, _) in zip(turns, turns[1:]):
+            convs.rows[0].add_tokens(backend.tok(reply, add_special_tokens=False)["input_ids"])
+            backend.append(convs, 0, user)
+        rows.append(convs.rows[0])
+    return Conversations(rows)
+
+
+def example_sequence(backend, example, system: str | None = None, sample: int = 0) -> Sequence:
+    """Tokens of a skill example through the engine's assembly (:func:`example_prompts`), then
+    the target's tokens and ``<|im_end|>`` with policy 1 — exactly what a sampled reply would be
+    in a rollout."""
+    row = example_prompts(backend, [example], [system]).rows[0]
+    ids = backend.tok(example.target, add_special_tokens=False)["input_ids"]
+    row.add_tokens(list(ids) + [backend.im_end_id], policy=1)
+    return Sequence(row.tokens, row.mask, row.logprobs, row.positions, row.images, sample)
+
+
+def skill_system_prompt(kind: str) -> str | None:
+    """The system prompt skill examples carry: the paper's (with the choices' answer format), or
+    None for the chat template's default."""
+    if kind == "default":
+        return None
+    from mgpo.prompts import get_prompts, render
+
+    return render(get_prompts("mgpo"), "system", "", ["a", "b", "c", "d"])
+
+
+def sft_loss(core, backend, seqs: list[Sequence]):
+    """−mean log π(target token) over the batch's policy tokens (the trainer's forward)."""
+    from ..logprobs import collate, token_logprobs
+
+    batch = collate(seqs, backend.pad_id, core.config.image_token_id, backend.device, backend.dtype)
+    logp, _ = token_logprobs(core, batch, 1.0, with_entropy=False)
+    mask = batch.loss_mask.float()
+    loss = -(logp * mask).sum() / mask.sum().clamp(min=1.0)
+    per_row = (-(logp * mask).sum(1) / mask.sum(1).clamp(min=1.0)).detach()   # (B,) mean token loss per example
+    return loss, per_row
+
+
+def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skills: tuple[str, ...] | None = None,
+                 simple: float | None = None):
+    """An endless stream of skill examples from consecutive scenes of ``split``, shuffled within a
+    buffer of ``cfg.skill_buffer`` scenes so a batch mixes scenes and skills. Each example is
+    ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``);
+    ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``)."""
+    from mgpo.playground.skills import scene_examples
+    from mgpo.playground.world import SPLITS, Budgets
+
+    rng = random.Random(f"{cfg.seed}:{split}:{start}")
+    systems = [skill_system_prompt(k.strip()) for k in cfg.skill_system.split(",") if k.strip()]
+    lo, hi = SPLITS[split]
+    make = functools.partial(scene_examples, budgets=Budgets(), skills=skills or cfg.skill_list(),
+                             prompt=cfg.skill_prompt, simple=cfg.skill_simple if simple is None else simple,
+                             n_cards=(cfg.min_cards, cfg.max_cards),
+                             label_first=cfg.label_first)
+    scenes = scene_map(make, cycle_seeds(lo, hi, lo + start), data_workers(cfg))
+    buffer: list = []
+    while True:
+        while len(buffer) < cfg.skill_buffer * 10:
+            buffer += next(scenes)
+        rng.shuffle(buffer)
+        for _ in range(len(buffer) // 2):
+            yield buffer.pop(), rng.choice(systems)
+
+
+def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
+    """Greedy base-skill scores on held-out VAL scenes: grounding (valid JSON box, mean IoU with
+    the card, share with IoU ≥ 0.5), reading and direct-answer accuracy — and, for analysis
+    only, the same grounding scores under the task's own turn 1 (``task_*``: MGPO's grounding
+    prompt around the task question, which the skills never train with a box)."""
+    import dataclasses
+
+    import torch
+
+    from mgpo.eval.scoring import iou
+    from mgpo.parsing import find_bbox
+    from mgpo.playground.skills import ground_examples, scene_examples
+    from mgpo.playground.world import Budgets, make_scene, split_seeds
+    from mgpo.prompts import get_prompts, render
+    from mgpo.rows import Sampling
+
+    system = skill_system_prompt(cfg.skill_system.split(",")[0].strip())
+    seeds = split_seeds("val", n_scenes)
+    examples = [ex for seed in seeds for ex in scene_examples(
+        seed, Budgets(), skills=cfg.skill_list(), prompt=cfg.skill_prompt, simple=0.0,
+        n_cards=(cfg.min_cards, cfg.max_cards), label_first=cfg.label_first)]
+    if "ground" in cfg.skill_list():
+        for seed in seeds:
+            scene = make_scene(seed, budgets=Budgets(), n_cards=(cfg.min_cards, cfg.max_cards))
+            target = next(e for e in ground_examples(scene, Budgets()) if e.meta["box_original"] == list(scene.box))
+            examples.append(dataclasses.replace(target, skill="task",
+                                                prompt=render(get_prompts("mgpo"), "grounding", scene.question)))
+    scores: dict[str, list[float]] = {}
+    was_training = backend.core.training
+    backend.core.eval()
+    try:
+        for k in range(0, len(examples), 16):
+            chunk = examples[k:k + 16]
+            with torch.no_grad():
+                convs = example_prompts(backend, chunk, [system] * len(chunk))
+                gen = backend.generate(convs, list(range(len(chunk))), Sampling(max_new_tokens=cfg.max_new_tokens))
+                try:
+                    while True:
+                        next(gen)
+                except StopIteration as stop:
+                    outs = stop.value
+            for i, ex in enumerate(chunk):
+                text = outs[i].text
+                if ex.skill in ("ground", "task"):
+                    m = find_bbox(text)
+                    v = iou(m.box, ex.meta["box_model"]) if m else 0.0
+                    scores.setdefault(f"{ex.skill}_valid", []).append(float(m is not None))
+                    scores.setdefault(f"{ex.skill}_iou", []).append(v)
+                    scores.setdefault(f"{ex.skill}_hit", []).append(float(v >= 0.5))
+                else:
+                    scores.setdefault(ex.skill, []).append(float(text.strip() == ex.target))
+    finally:
+        backend.core.train(was_training)
+    return {k: sum(v) / len(v) for k, v in sorted(scores.items())}
+
+
+def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_to: Path | None = None) -> list[dict]:
+    """Full fine-tune on streams of skill examples, phase by phase (:meth:`RecipeConfig.phases`:
+    each its own skills, steps and learning rate, a fresh AdamW with warm-up and cosine decay);
+    returns the per-step log (loss per skill and, every ``cfg.skill_eval_every`` steps and at the
+    end of each phase, held-out scores of every skill of the curriculum). ``save_to``: also
+    written there at every evaluation, so a long run can be stopped and still leave a model."""
+    import torch
+
+    from mgpo.generation import QwenBackend
+
+    backend = QwenBackend(loaded.model, loaded.processor)
+    core = backend.core
+    torch.manual_seed(cfg.seed)
+    core.train()
+    phases = cfg.phases()
+    total = sum(ph.steps for ph in phases)
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    log = log_path.open("w") if log_path else None
+    step = 0
+    try:
+        for index, phase in enumerate(phases):
+            stream = skill_stream(cfg, start=phase_start(cfg, index), skills=phase.skills, simple=phase.simple)
+            core.requires_grad_(True)
+            core.model.visual.requires_grad_(trains_vision(cfg, phase))
+            params = [p for p in core.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.0)
+            warm = max(1, min(100, phase.steps // 10))
+
+            def lr_at(k: int, warm=warm, steps=phase.steps) -> float:   # linear warm-up, then cosine down to 10 %
+                if k < warm:
+                    return (k + 1) / warm
+                t = (k - warm) / max(1, steps - warm)
+                return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t)))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+            for k in range(1, phase.steps + 1):
+                step += 1
+                batch = [next(stream) for _ in range(cfg.skill_batch)]
+                seqs = [example_sequence(backend, ex, system) for ex, system in batch]
+                loss, per_row = sft_loss(core, backend, seqs)
+                loss.backward()
+                grad = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                by_skill: dict[str, list[float]] = {}
+                for (ex, _), v in zip(batch, per_row.tolist()):
+                    by_skill.setdefault(ex.skill, []).append(v)
+                row = {"step": step, "phase": index + 1, "loss": float(loss.detach()), "grad_norm": grad,
+                       "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0,
+                       "skill_loss": {name: sum(v) / len(v) for name, v in sorted(by_skill.items())}}
+                if cfg.skill_eval_every and (step % cfg.skill_eval_every == 0 or k == phase.steps):
+                    row["eval"] = skill_eval(backend, cfg, cfg.skill_eval_scenes)
+                    echo(f"skills step {step} (phase {index + 1}): held-out " +
+                         ", ".join(f"{name} {v:.2f}" for name, v in row["eval"].items()))
+                    if save_to is not None:
+                        core.eval()
+                        save_checkpoint(loaded, save_to, base_card(cfg, history + [row]))
+                        core.train()
+                history.append(row)
+                if log:
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                if step == 1 or step % 25 == 0 or k == phase.steps:
+                    parts = ", ".join(f"{name} {v:.3f}" for name, v in row["skill_loss"].items())
+                    echo(f"skills step {step}/{total} (phase {index + 1}/{len(phases)}): loss {row['loss']:.3f} "
+                         f"({parts}; {row['seconds']:.0f}s)")
+            stream.close()
+    finally:
+        if log:
+            log.close()
+    core.eval()
+    core.requires_grad_(False)
+    return history
+
+
+def save_checkpoint(loaded, out: Path, card: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    loaded.model.save_pretrained(out)
+    loaded.processor.save_pretrained(out)
+    (out / "README.md").write_text(card)
+    return out

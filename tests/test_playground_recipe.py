@@ -202,6 +202,22 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     assert cfg.rl_temperature == 1.0 and config.RecipeConfig.for_size("gpu").rl_temperature == 1.0
 
 
+def test_help_tells_each_flag_and_its_default_by_size(capsys):
+    import dataclasses
+
+    from train.config import field_help
+
+    assert set(field_help(config.RecipeConfig)) == {f.name for f in dataclasses.fields(config.RecipeConfig)}
+    with pytest.raises(SystemExit):
+        recipe.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--rl-steps RL_STEPS optimizer steps; LoRA snapshots at 20 % (early)" in text
+    assert "(default by --size: ci 4, cpu 32, gpu 150)" in text
+    assert "(default by --size: ci 8, cpu 32; else 64)" in text                # lora_r: gpu keeps the field's
+    assert 'each phase trains its skills' in text and "see SIZES in train/playground/config.py" in text
+    assert "--kl-coef KL_COEF the small model's base is our own SFT; no KL anchor needed (default: 0.0)" in text
+
+
 def test_bad_settings_are_clear_errors(capsys):
     with pytest.raises(ValueError, match="unknown size"):
         config.RecipeConfig.for_size("tpu")

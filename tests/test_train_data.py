@@ -129,6 +129,22 @@ def test_config_yaml_then_flags(tmp_path):
         TrainConfig().check()
 
 
+def test_every_flag_is_documented_by_its_fields_comment(capsys):
+    from train.config import field_help, parser
+
+    helps = field_help(TrainConfig)
+    # the comment on the field's line, and the comment lines under it
+    assert helps["kl_coef"].startswith("β on the k3 KL to the base model")
+    assert helps["old_logprobs"].startswith("rollout: the engine's") and helps["old_logprobs"].endswith(
+        "recompute otherwise")
+    assert "lora_r" not in helps and "output_dir" not in helps       # uncommented fields: no help text
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--group-size INT G samples per prompt (paper: rollout.n 8) (default: 8)" in text
+    assert "--rewards key=value,... name → weight (train.rewards) (default: {'accuracy': 1.0})" in text
+
+
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     run = subprocess.run([sys.executable, "-m", "train", "--data", str(tmp_path / "none.jsonl"),
                           "--model", "/nonexistent", "--output-dir", str(tmp_path / "out")],

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import io
+import tokenize
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +169,33 @@ def _fields() -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
 
 
+def field_help(cls) -> dict[str, str]:
+    """Each field's comment in the dataclass's source (the one on its line and the comment-only
+    lines right under it), for the command line's ``--help``: the commented defaults are the
+    documentation, written once."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):   # no source (a frozen build): flags without help
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    current, line_of = None, -1
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.string in names and tok.start[0] != line_of:
+            current, line_of = tok.string, tok.start[0]
+        elif tok.type == tokenize.NAME and tok.start[1] == 4:
+            current = None                       # a method, a decorator: no field
+        elif tok.type == tokenize.COMMENT and current and (tok.start[0] == line_of or tok.start[1] > 4):
+            if tok.start[0] != line_of and not tok.line[:tok.start[1]].isspace():
+                continue
+            text = tok.string.lstrip("#").strip()
+            if text and not text.startswith("---"):
+                out[current] = f"{out[current]} {text}" if current in out else text
+        elif tok.type == tokenize.COMMENT and tok.start[1] == 4:
+            current = None                       # a section comment starts the next group
+    return out
+
+
 def load_yaml(path: str | Path) -> dict:
     import yaml
 
@@ -191,13 +221,15 @@ def parser() -> argparse.ArgumentParser:
         description="LoRA MGPO (GRPO over the two-turn grounding rollout) on Qwen2.5-VL.",
     )
     p.add_argument("--config", help="YAML file of settings (field names as keys); flags override it")
+    helps, defaults = field_help(TrainConfig), TrainConfig()
     for name, tp in _fields().items():
         flag = "--" + name.replace("_", "-")
+        text = f"{helps.get(name, '')} (default: {getattr(defaults, name)!r})".strip().replace("%", "%%")
         if tp is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = "key=value,..." if typing.get_origin(tp) is dict or tp is dict else tp.__name__.upper()
-            p.add_argument(flag, dest=name, default=None, metavar=kind)
+            p.add_argument(flag, dest=name, default=None, metavar=kind, help=text)
     return p
 
 

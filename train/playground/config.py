@@ -59,60 +59,60 @@ SIZES: dict[str, dict] = {
 
 @dataclass
 class RecipeConfig:
-    out: str = "runs/playground"
-    size: str = "cpu"
-    seed: int = 0
+    out: str = "runs/playground"       # output folder: random/, base/, rl/, eval/, summary.json, release/
+    size: str = "cpu"                 # ci | cpu | gpu: the defaults of the fields SIZES sets (flags override them)
+    seed: int = 0                     # model init, data order, sampling
     # model (mgpo.tiny.build shapes; 4 attention heads)
-    hidden: int = 256
-    layers: int = 4
-    vision_hidden: int = 128
-    vision_depth: int = 4
+    hidden: int = 256                 # text hidden size (a multiple of 8)
+    layers: int = 4                   # text decoder layers
+    vision_hidden: int = 128          # vision tower hidden size
+    vision_depth: int = 4             # vision tower blocks
     embed_std: float = 1.0            # token-embedding init (0: the config's 0.02; see build_model)
     vocab_size: int = 1024            # byte-level BPE learned from the playground's texts (mgpo.playground.skills.corpus)
-    corpus_scenes: int = 40
-    # base skills, stage 0: the vision tower (a linear probe's targets; see pretrain_vision)
-    vision_steps: int = 0
-    vision_batch: int = 16
-    vision_lr: float = 2e-3
+    corpus_scenes: int = 40           # scenes whose texts the tokenizer learns from
+    # base skills, stage 0: the vision tower (a linear probe's targets; see vision.pretrain_vision)
+    vision_steps: int = 0             # probe pretraining steps of the vision tower (0: none)
+    vision_batch: int = 16            # scenes per probe step
+    vision_lr: float = 2e-3           # the probe stage's learning rate
     train_vision: bool = False        # the text skills also train the vision tower (else it stays as stage 0 left it)
-    vision_whiten: bool = False       # after the probe, keep only its directions, whitened (see whiten_merger)
+    vision_whiten: bool = False       # after the probe, keep only its directions, whitened (see vision.whiten_merger)
     # base skills (supervised)
     skill_steps: int = 60             # optimizer steps (without a curriculum)
     skill_batch: int = 16             # examples per step
-    skill_lr: float = 2e-3
+    skill_lr: float = 2e-3            # learning rate (without a curriculum)
     skill_prompt: str = "locate,where"   # grounding wordings (mgpo.playground.skills.GROUND_PROMPTS), one per example
     skill_system: str = "mgpo,default"   # system prompts of the skill examples, one per example: mgpo (the paper's) | default
     skill_simple: float = 0.3         # share of clutter-free skill scenes
     skill_buffer: int = 8             # scenes shuffled together in the example stream
     skill_eval_every: int = 0         # held-out skill scores every N steps (0: at the end only if > 0 steps)
-    skill_eval_scenes: int = 12
+    skill_eval_scenes: int = 12       # VAL scenes of each held-out skill evaluation
     skills: str = "ground,read,answer,cell"   # mgpo.playground.skills.SKILLS in the mix (without a curriculum)
-    # phases "SKILLS:STEPS:LR[:SIMPLE][:vision]" separated by spaces, e.g. "cell:600:2e-3
-    # cell,ground:900:5e-4 ground:300:3e-4:0.3:vision": each phase trains its skills (earlier ones
-    # kept by naming them again) with its own learning rate, share of clutter-free scenes (else
-    # skill_simple) and, with ":vision", the vision tower too; "" = one phase of skills / skill_steps / skill_lr
-    curriculum: str = ""
+    curriculum: str = ""              # phases "SKILLS:STEPS:LR[:SIMPLE][:vision]" separated by spaces, e.g.
+                                      # "cell:600:2e-3 cell,ground:900:5e-4 ground:300:3e-4:0.3:vision": each phase
+                                      # trains its skills (earlier ones kept by naming them again) with its own
+                                      # learning rate, share of clutter-free scenes (else skill_simple) and, with
+                                      # ":vision", the vision tower too; "" = one phase of skills / skill_steps / skill_lr
     label_first: bool = False         # grounding/cell replies name the card first (mgpo.playground.skills.bbox_json)
-    min_cards: int = N_CARDS[0]       # cards per scene (the world's default)
-    max_cards: int = N_CARDS[1]
+    min_cards: int = N_CARDS[0]       # cards per scene, at least (the world's default)
+    max_cards: int = N_CARDS[1]       # cards per scene, at most (the world's default)
     skills_from: str = ""             # continue the skills stage from this checkpoint ("" = OUT/random)
     skill_start: int = 0              # first scene index in the skills seed range (a continuation reads fresh scenes)
     # RL (train.loop)
     rl_scenes: int = 64               # scenes of the "train" split
-    rl_steps: int = 12
-    prompts_per_step: int = 4
-    group_size: int = 8
-    rl_lr: float = 1e-3
-    lora_r: int = 64
+    rl_steps: int = 12                # optimizer steps; LoRA snapshots at 20 % (early), 50 % (middle), the last (late)
+    prompts_per_step: int = 4         # scenes per step
+    group_size: int = 8               # samples per scene (GRPO's group)
+    rl_lr: float = 1e-3               # LoRA learning rate
+    lora_r: int = 64                  # LoRA rank (alpha = rank) on the language model
     kl_coef: float = 0.0              # the small model's base is our own SFT; no KL anchor needed
     max_new_tokens: int = 96          # per turn: a bbox_2d JSON block is ≈ 80 byte tokens
     rl_temperature: float = 1.0       # rollout temperature (the paper's 1.0)
     entropy_coef: float = 0.0         # with all-equal rewards the bonus alone moves the policy (observed)
     # eval (mgpo.eval on held-out test seeds)
-    eval_scenes: int = 16
+    eval_scenes: int = 16             # TEST scenes, before and after RL (direct and MGPO)
     eval_seed: int = 0                # first test-scene index
     workers: int = -1                 # processes rendering scenes ahead of training (-1: CPUs - 1 with a GPU, else 0)
-    stages: str = "model,skills,rl,eval"
+    stages: str = "model,skills,rl,eval"   # comma-separated, in this order: model, skills, rl, eval, ship
     release: str = ""                 # the ship stage's folder ("" = OUT/release)
 
     @classmethod

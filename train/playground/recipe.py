@@ -52,6 +52,7 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from ..config import field_help
 from .cards import base_card, base_story, release_card
 from .config import SIZES, RecipeConfig
 from .rl import rl_curve, run_rl, snapshot_steps
@@ -241,15 +242,29 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
 
 
+def _default_text(name: str, default) -> str:
+    """A flag's default for ``--help``: the field's, or each size's where a size sets it."""
+    sized = {size: values[name] for size, values in SIZES.items() if name in values}
+    show = lambda v: ("yes" if v else "no") if isinstance(v, bool) else repr(v)   # noqa: E731
+    if not sized:
+        return f"default: {show(default)}"
+    if any(len(show(v)) > 32 for v in sized.values()):
+        return "default: by --size, see SIZES in train/playground/config.py"
+    return "default by --size: " + ", ".join(f"{size} {show(v)}" for size, v in sorted(sized.items())) + \
+        (f"; else {show(default)}" if len(sized) < len(SIZES) else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.playground", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--size", default="cpu", choices=sorted(SIZES))
+    helps = field_help(RecipeConfig)
+    p.add_argument("--out", required=True, help=helps["out"])
+    p.add_argument("--size", default="cpu", choices=sorted(SIZES), help=helps["size"] + " (default: cpu)")
     for f in fields(RecipeConfig):
         if f.name in ("out", "size"):
             continue
         kind = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+        text = f"{helps.get(f.name, '')} ({_default_text(f.name, f.default)})".strip()
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=text.replace("%", "%%"),
                        type=_flag if kind is bool else kind, metavar="yes|no" if kind is bool else None)
     args = vars(p.parse_args(argv))
     try:

@@ -235,6 +235,9 @@ def test_bad_settings_are_clear_errors(capsys):
         config.RecipeConfig(curriculum="cell:6:0").check()
     assert recipe.main(["--out", "/tmp/x", "--curriculum", "cell:six:1e-3"]) == 2
     assert "not SKILLS:STEPS:LR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        recipe.main(["--out", "/tmp/x", "--train-vision", "maybe"])
+    assert "--train-vision: expected yes or no, got 'maybe'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="clutter-free"):
         config.RecipeConfig(curriculum="cell:6:1e-3:1.5").check()
     for bad in ("cell:6:1e-3:0.5:9", "cell:6:1e-3:vision:0.5", "cell:6:1e-3:0.5:0.5:vision"):

@@ -143,24 +143,29 @@ def _parse_mapping(text: str) -> dict:
     return out
 
 
+def yes_no(text: str) -> bool:
+    """A yes/no setting: 1/yes/true/on or 0/no/false/off, any case (else argparse's type error,
+    whose message the command line prints as it is)."""
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
 def _coerce(name: str, tp, value):
     origin = typing.get_origin(tp) or tp
     try:
         if origin is bool:
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
+            return yes_no(value) if isinstance(value, str) else bool(value)
         if origin is dict:
             value = _parse_mapping(value) if isinstance(value, str) else dict(value)
             if name == "rewards":
                 return {str(k): float(v) if v != "" else 1.0 for k, v in value.items()}
             return {str(k): str(v) for k, v in value.items()}
         return origin(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
         raise ConfigError(f"bad value for {name}: {value!r}") from None
 
 

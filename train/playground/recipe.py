@@ -52,7 +52,7 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ..config import field_help
+from ..config import field_help, yes_no
 from .cards import base_card, base_story, release_card
 from .config import SIZES, RecipeConfig
 from .rl import rl_curve, run_rl, snapshot_steps
@@ -233,15 +233,6 @@ def _check_inputs(cfg: RecipeConfig, stages: list[str], random_dir: Path, base_d
                          "(--stages model,skills,...)")
 
 
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "yes", "true", "on"):
-        return True
-    if value in ("0", "no", "false", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
-
-
 def _default_text(name: str, default) -> str:
     """A flag's default for ``--help``: the field's, or each size's where a size sets it."""
     sized = {size: values[name] for size, values in SIZES.items() if name in values}
@@ -265,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         kind = type(f.default)
         text = f"{helps.get(f.name, '')} ({_default_text(f.name, f.default)})".strip()
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, help=text.replace("%", "%%"),
-                       type=_flag if kind is bool else kind, metavar="yes|no" if kind is bool else None)
+                       type=yes_no if kind is bool else kind, metavar="yes|no" if kind is bool else None)
     args = vars(p.parse_args(argv))
     try:
         cfg = RecipeConfig.for_size(args.pop("size"), **args).check()

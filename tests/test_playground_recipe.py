@@ -200,6 +200,12 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     assert tc.temperature == cfg.rl_temperature and tc.steps == cfg.rl_steps
     # the paper's rollout temperature 1.0 (the shipped model's RL ran with it)
     assert cfg.rl_temperature == 1.0 and config.RecipeConfig.for_size("gpu").rl_temperature == 1.0
+    decayed = config.RecipeConfig.for_size("cpu", rl_schedule="cosine")
+    assert rl.rl_config(decayed, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").lr_schedule == "cosine"
+    assert "lr 0.001, cosine schedule)" in cards.release_card(decayed, {}, [])
+    assert "lr 0.001)" in cards.release_card(cfg, {}, [])           # a constant rate: the card as before
+    with pytest.raises(ValueError, match="rl_schedule must be"):
+        config.RecipeConfig(rl_schedule="wavy").check()
 
 
 def test_help_tells_each_flag_and_its_default_by_size(capsys):

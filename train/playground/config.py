@@ -103,6 +103,7 @@ class RecipeConfig:
     prompts_per_step: int = 4         # scenes per step
     group_size: int = 8               # samples per scene (GRPO's group)
     rl_lr: float = 1e-3               # LoRA learning rate
+    rl_schedule: str = "constant"     # constant | cosine (down to 0 at the last step) | linear
     lora_r: int = 64                  # LoRA rank (alpha = rank) on the language model
     kl_coef: float = 0.0              # the small model's base is our own SFT; no KL anchor needed
     max_new_tokens: int = 96          # per turn: a bbox_2d JSON block is ≈ 80 byte tokens
@@ -152,6 +153,8 @@ class RecipeConfig:
             problems.append("every curriculum phase needs skills, steps ≥ 0 and a learning rate > 0")
         if not all(0.0 <= v <= 1.0 for v in [self.skill_simple, *(ph.simple for ph in phases if ph.simple is not None)]):
             problems.append("the share of clutter-free scenes (skill_simple, a phase's SIMPLE) must be within [0, 1]")
+        if self.rl_schedule not in ("constant", "cosine", "linear"):
+            problems.append(f"rl_schedule must be constant, cosine or linear, not {self.rl_schedule!r}")
         unknown = [s for s in self.stage_list() if s not in STAGES]
         if unknown:
             problems.append(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")

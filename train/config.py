@@ -22,6 +22,7 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 # LoRA on the language model only: the vision blocks also have gate/up/down_proj.
 LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 VISION_TARGETS = r".*visual\.blocks.*\.(qkv|proj|gate_proj|up_proj|down_proj)"
+LR_SCHEDULES = ("constant", "cosine", "linear")   # after warmup; cosine and linear end at 0
 
 
 class ConfigError(ValueError):
@@ -109,8 +110,8 @@ class TrainConfig:
             problems.append("prompts_per_step must be a multiple of mini_batches")
         if self.old_logprobs not in ("auto", "rollout", "recompute"):
             problems.append("old_logprobs must be auto, rollout or recompute")
-        if self.lr_schedule not in ("constant", "cosine", "linear"):
-            problems.append("lr_schedule must be constant, cosine or linear")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
         if self.keep_last < 1:
             problems.append("keep_last must be at least 1")
         if self.temperature <= 0:

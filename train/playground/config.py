@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from mgpo.playground.world import N_CARDS
 
+from ..config import LR_SCHEDULES
+
 
 # the skills seed range: the text skills' phases read from 0 (PHASE_SPACING apart), the vision probe from VISION_START
 VISION_START = 500_000
@@ -156,8 +158,8 @@ class RecipeConfig:
             problems.append("every curriculum phase needs skills, steps ≥ 0 and a learning rate > 0")
         if not all(0.0 <= v <= 1.0 for v in [self.skill_simple, *(ph.simple for ph in phases if ph.simple is not None)]):
             problems.append("the share of clutter-free scenes (skill_simple, a phase's SIMPLE) must be within [0, 1]")
-        if self.rl_schedule not in ("constant", "cosine", "linear"):
-            problems.append(f"rl_schedule must be constant, cosine or linear, not {self.rl_schedule!r}")
+        if self.rl_schedule not in LR_SCHEDULES:   # checked here too: before the stages that come first
+            problems.append(f"rl_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.rl_schedule!r}")
         unknown = [s for s in self.stage_list() if s not in STAGES]
         if unknown:
             problems.append(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")

@@ -260,7 +260,7 @@ def test_vstar_folder_keeps_the_right_option_behind_its_letter(tmp_path):
     root = make_vstar_folder(tmp_path / "vstar")
     bench = open_benchmark("vstar", root)
     items = list(bench.items())
-    assert bench.variant == "folder" and bench.total == 4
+    assert bench.variant == "folder:direct_attributes+relative_position" and bench.total == 4
     assert [it.id for it in items] == ["direct_attributes/sa_4690", "direct_attributes/sa_4691",
                                        "relative_position/sa_10", "relative_position/sa_11"]
     for it in items:
@@ -277,7 +277,7 @@ def test_vstar_jsonl_form_is_preferred_and_parsed(tmp_path):
     root = make_vstar_jsonl(make_vstar_folder(tmp_path / "vstar"))
     bench = open_benchmark("vstar", root)
     items = list(bench.items())
-    assert bench.variant == "jsonl:test_questions.jsonl"
+    assert bench.variant == "jsonl:test_questions.jsonl:direct_attributes+relative_position"
     assert [it.id for it in items] == ["q0", "1", "2"]
     assert items[0].question == "Question 0: what about the cup?"
     assert items[0].choices == OPTIONS and items[2].choices == ["left", "right"]
@@ -286,6 +286,54 @@ def test_vstar_jsonl_form_is_preferred_and_parsed(tmp_path):
     assert items[1].image == root / "direct_attributes" / "sa_1.jpg"
     # the file itself works too
     assert len(list(open_benchmark("vstar", root / "test_questions.jsonl").items())) == 3
+
+
+def _vstar_pair(folder: Path, name: str, image_suffix: str = ".jpg", seed: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / (name + image_suffix)).write_bytes(jpeg_bytes(seed))
+    (folder / (name + ".json")).write_text(json.dumps({"question": f"What is {name}?", "options": OPTIONS}))
+
+
+def test_vstar_scores_the_official_categories_and_says_what_it_left_out(tmp_path):
+    """The Hub folder also holds OCR/ and GPT4V-hard/ (images named 0.JPG): the official score is
+    direct_attributes + relative_position; the rest is counted in the notes, read on request."""
+    root = make_vstar_folder(tmp_path / "vstar")
+    for k in range(3):
+        _vstar_pair(root / "OCR", f"sa_{k}")
+    for k in range(2):
+        _vstar_pair(root / "GPT4V-hard", str(k), image_suffix=".JPG")
+    bench = open_benchmark("vstar", root)
+    assert bench.total == 4 and {it.meta["category"] for it in bench.items()} == {"direct_attributes",
+                                                                                  "relative_position"}
+    skipped = next(n for n in bench.notes if "not scored" in n)
+    assert "GPT4V-hard (2 items)" in skipped and "OCR (3 items)" in skipped
+    # 2 + 2 items is not the published 115 + 76: both counts are called out
+    assert any("direct_attributes has 2 items, the published benchmark 115" in n for n in bench.notes)
+    assert any("relative_position has 2 items, the published benchmark 76" in n for n in bench.notes)
+    every = open_benchmark("vstar", root, categories="all")
+    assert every.total == 9 and every.variant == "folder" and not any("not scored" in n for n in every.notes)
+    hard = open_benchmark("vstar", root, categories="GPT4V-hard")
+    assert [it.image.name for it in hard.items()] == ["0.JPG", "1.JPG"]
+    with pytest.raises(DataError, match="none of the V. categories"):
+        open_benchmark("vstar", root, categories="nope")
+    # the jsonl form filters the same way
+    jl = make_vstar_jsonl(tmp_path / "vjl")
+    with (jl / "test_questions.jsonl").open("a") as f:
+        f.write(json.dumps({"image": "direct_attributes/sa_0.jpg", "text": "Q?\n(A) a\n(B) b",
+                            "category": "OCR", "question_id": "ocr0", "label": "A"}) + "\n")
+    assert [it.id for it in open_benchmark("vstar", jl).items()] == ["q0", "1", "2"]
+
+
+def test_vstar_full_official_layout_counts_191_without_a_count_note(tmp_path):
+    root = tmp_path / "vstar"
+    for cat, n in (("direct_attributes", 115), ("relative_position", 76)):
+        for k in range(n):
+            _vstar_pair(root / cat, f"sa_{k}", seed=k % 3)
+    _vstar_pair(root / "OCR", "sa_0")
+    bench = open_benchmark("vstar", root)
+    assert bench.total == 191
+    assert bench.notes == ["V*: not scored (not in the chosen categories): OCR (1 item); "
+                           "the official V* score is over direct_attributes + relative_position"]
 
 
 def test_split_vstar_text_rejects_text_without_choices():

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mgpo = multi-turn grounding; direct = the single-turn baseline prompt")
     p.add_argument("--max-turns", type=int, default=d.max_turns, help="mgpo turns (2 = paper, 3 = its Table 6)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first K items only")
+    p.add_argument("--categories", default=None,
+                   help="vstar: the categories (subfolders) to score, comma-separated, or 'all' "
+                        "(default: direct_attributes,relative_position, the official 191 items)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--min-pixels", type=int, default=None,
                    help=f"default {geometry.MIN_PIXELS:,} (the paper's); playground: its crop floor")
@@ -83,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in names})
     try:
         cfg.check()
-        bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root, seed=cfg.seed, limit=cfg.limit)
+        bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root, seed=cfg.seed, limit=cfg.limit,
+                               categories=cfg.categories)
+        for note in bench.notes:
+            print(f"note: {note}", file=sys.stderr)
         out = Path(cfg.out).expanduser()
         if not args.overwrite and out.is_dir():   # refuse a mismatched resume before loading weights
             name = cfg.model + (f" + {cfg.adapter}" if cfg.adapter else "")

@@ -8,7 +8,11 @@ Formats read (MGPO_SPEC section 4; the public files, unchanged):
   choices written into ``text`` as ``(A) ...`` lines). A folder that holds ``test_questions.jsonl``
   is read through it (its letter order is the published one). In the pair form the options are put
   in a fixed pseudo-random order per item (seeded by the item id, see :func:`vstar_order`) so the
-  answer is not always (A).
+  answer is not always (A). The official V* score — the paper's and every peer's — is over
+  ``direct_attributes`` (115) + ``relative_position`` (76) = 191 items, so those two categories are
+  read by default; the Hub repository also holds ``OCR/`` and ``GPT4V-hard/`` (47 more items,
+  ``GPT4V-hard`` images named ``0.JPG``), which are counted and named in the benchmark's notes,
+  and read only when asked for (``categories``).
 - **HR-Bench 4K/8K** (``hrbench``): ``hr_bench_4k.tsv`` / ``hr_bench_8k.tsv`` with columns
   ``index, question, A, B, C, D, answer, category, cycle_category, image`` (base64 JPEG). The
   files are 1.9 / 4.6 GB, so rows are read one at a time and each image is decoded only when its
@@ -40,6 +44,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 
 from PIL import Image
@@ -50,6 +55,7 @@ BENCHMARKS = ("vstar", "hrbench", "mme-realworld", "jsonl", "playground")
 PLAYGROUND_ITEMS = 100        # playground scenes evaluated when no limit is given
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 VSTAR_SEED = "mgpo-vstar-v1"   # seeds the per-item option order of the V* pair form
+VSTAR_OFFICIAL = {"direct_attributes": 115, "relative_position": 76}   # the scored V*: 191 items
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one base64 image is a field of tens of MB
 
@@ -78,13 +84,15 @@ class Benchmark:
     path: Path
     items: Callable[[], Iterator[Item]]   # a fresh stream on every call
     total: int | None = None      # item count when known without reading every row
+    notes: list[str] = field(default_factory=list)   # what was found and left out, count checks
 
 
 def open_benchmark(name: str, path: str | Path | None = None, image_root: str | Path | None = None, *,
-                   seed: int | None = None, limit: int | None = None) -> Benchmark:
+                   seed: int | None = None, limit: int | None = None, categories: str | None = None) -> Benchmark:
     """Recognise the format of ``path`` for benchmark ``name`` and return its item stream.
 
-    ``seed`` and ``limit`` are read by ``playground`` only (first test-scene index, scene count).
+    ``seed`` and ``limit`` are read by ``playground`` only (first test-scene index, scene count);
+    ``categories`` by ``vstar`` only (comma-separated; ``all``; default: the official two).
     """
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
@@ -100,7 +108,7 @@ def open_benchmark(name: str, path: str | Path | None = None, image_root: str | 
         raise DataError(f"{path} does not exist")
     root = Path(image_root).expanduser() if image_root else None
     if name == "vstar":
-        return _open_vstar(path)
+        return _open_vstar(path, categories)
     if name == "hrbench":
         if path.is_dir():
             raise DataError(f"{path} is a folder; pass the TSV file (hr_bench_4k.tsv or hr_bench_8k.tsv)")
@@ -279,21 +287,55 @@ def vstar_order(item_id: str, n: int) -> list[int]:
     return order
 
 
-def _open_vstar(path: Path) -> Benchmark:
+def _open_vstar(path: Path, categories: str | None = None) -> Benchmark:
+    wanted = _vstar_categories(categories)
     if path.is_file():
         if path.suffix.lower() != ".jsonl":
             raise DataError(f"{path}: pass the V* folder or its test_questions.jsonl")
-        items = list(read_vstar_jsonl(path))
-        return Benchmark("vstar", "jsonl:" + path.name, path, lambda: iter(items), len(items))
-    if (path / "test_questions.jsonl").is_file():
-        jl = path / "test_questions.jsonl"
-        items = list(read_vstar_jsonl(jl))
-        return Benchmark("vstar", "jsonl:test_questions.jsonl", path, lambda: iter(items), len(items))
-    items = list(read_vstar_folder(path))
+        form, found = "jsonl:" + path.name, list(read_vstar_jsonl(path))
+    elif (path / "test_questions.jsonl").is_file():
+        form, found = "jsonl:test_questions.jsonl", list(read_vstar_jsonl(path / "test_questions.jsonl"))
+    else:
+        form, found = "folder", list(read_vstar_folder(path))
+        if not found:
+            raise DataError(f"{path}: no V* questions found (expected sa_XXXX.json + sa_XXXX.jpg pairs "
+                            "in direct_attributes/ and relative_position/, or test_questions.jsonl)")
+    counts: dict[str, int] = {}
+    for it in found:
+        counts[it.meta["category"]] = counts.get(it.meta["category"], 0) + 1
+    items = [it for it in found if wanted is None or it.meta["category"] in wanted]
+    notes = _vstar_notes(counts, wanted)
     if not items:
-        raise DataError(f"{path}: no V* questions found (expected sa_XXXX.json + sa_XXXX.jpg pairs "
-                        "in direct_attributes/ and relative_position/, or test_questions.jsonl)")
-    return Benchmark("vstar", "folder", path, lambda: iter(items), len(items))
+        raise DataError(f"{path}: none of the V* categories {', '.join(sorted(wanted or []))} was found "
+                        f"(found: {', '.join(f'{c} ({n})' for c, n in sorted(counts.items()))})")
+    variant = form if wanted is None else f"{form}:{'+'.join(sorted(wanted))}"
+    return Benchmark("vstar", variant, path, lambda: iter(items), len(items), notes)
+
+
+def _vstar_categories(categories: str | None) -> set[str] | None:
+    """The categories to score: ``None`` means every one found (``all``)."""
+    if not categories:
+        return set(VSTAR_OFFICIAL)
+    names = {c.strip().strip("/") for c in str(categories).split(",") if c.strip()}
+    return None if names == {"all"} else names
+
+
+def _vstar_notes(counts: dict[str, int], wanted: set[str] | None) -> list[str]:
+    """Say what was left out, and where the official categories' counts differ from V*'s."""
+    notes = []
+    skipped = {c: n for c, n in counts.items() if wanted is not None and c not in wanted}
+    if skipped:
+        notes.append("V*: not scored (not in the chosen categories): "
+                     + ", ".join(f"{c} ({n} item{'s' * (n != 1)})" for c, n in sorted(skipped.items()))
+                     + f"; the official V* score is over {' + '.join(VSTAR_OFFICIAL)}")
+    for cat, expected in VSTAR_OFFICIAL.items():
+        if (wanted is None or cat in wanted) and counts.get(cat, 0) != expected:
+            notes.append(f"V*: {cat} has {counts.get(cat, 0)} items, the published benchmark {expected}: "
+                         "this is not the full official set")
+    missing = sorted((wanted or set()) - set(counts))
+    if missing:
+        notes.append(f"V*: no items in {', '.join(missing)}")
+    return notes
 
 
 def read_vstar_jsonl(path: Path) -> Iterator[Item]:
@@ -311,9 +353,17 @@ def read_vstar_jsonl(path: Path) -> Iterator[Item]:
                    {"category": str(category)})
 
 
+def _image_beside(meta_path: Path) -> Path | None:
+    """The image next to an annotation, its suffix in any case (``GPT4V-hard`` has ``0.JPG``)."""
+    for p in sorted(meta_path.parent.glob(glob_escape(meta_path.stem) + ".*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            return p
+    return None
+
+
 def read_vstar_folder(root: Path) -> Iterator[Item]:
     for meta_path in sorted(root.rglob("*.json")):
-        image = next((meta_path.with_suffix(s) for s in IMAGE_SUFFIXES if meta_path.with_suffix(s).is_file()), None)
+        image = _image_beside(meta_path)
         if image is None:
             continue  # not a V* annotation (no image next to it)
         where = str(meta_path)

@@ -32,6 +32,7 @@ def markdown(results: dict) -> str:
         f"max_new_tokens {d['max_new_tokens']}, seed {d['seed']}",
         f"- answers: {p['answer_extraction']}",
         f"- items: {p['items']} ({results['errors']} unreadable), date {p['date']}",
+        *(f"- note: {n}" for n in p.get("data_notes", [])),
         "",
         "| metric | value |",
         "|---|---:|",

@@ -85,6 +85,8 @@ class EvalConfig:
     crop_only: bool = True                    # mgpo mode: re-ask on the first valid crop alone
     strict: bool = False                      # True: \boxed{} only, no fallback extraction
     image_root: str | None = None             # where relative image paths start (default: next to the data file)
+    categories: str | None = None             # vstar: subfolders to score, comma-separated, or "all"
+                                              # (default: direct_attributes,relative_position — the official 191)
 
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
@@ -157,6 +159,7 @@ def make_protocol(model_name: str, bench: Benchmark, cfg: EvalConfig) -> dict:
         "answer_extraction": STRICT_RULE if cfg.strict else ANSWER_RULE,
         "limit": cfg.limit,
         "batch_size": cfg.batch_size,
+        "data_notes": list(bench.notes),
         "versions": versions(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

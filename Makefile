@@ -4,7 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 MODEL  ?= Qwen/Qwen2.5-VL-7B-Instruct
 
-.PHONY: setup demo demo-tiny test test-slow test-all tiny clean
+# transformers 5.17 (the floor of requirements.txt), laid over the venv by test-oldest
+OLDEST := .venv-oldest
+
+.PHONY: setup demo demo-tiny test test-slow test-oldest test-all tiny clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +32,14 @@ test: setup                     ## the default suite (a few minutes on 2 cores)
 test-slow: setup                ## browser, training-curve and multi-process tests
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: no slow tests selected
 
-test-all: test test-slow
+test-oldest: setup             ## the model-code tests on the oldest transformers the requirements allow
+	test -f $(OLDEST)/.installed || ($(BIN)/pip install -q --no-deps --target $(OLDEST) \
+	  transformers==5.17.0 "huggingface_hub>=1.5,<2" && touch $(OLDEST)/.installed)
+	PYTHONPATH=$(OLDEST) $(BIN)/python -c "import transformers as t; assert t.__version__ == '5.17.0', t.__version__"
+	PYTHONPATH=$(OLDEST) $(BIN)/python -m pytest -q -m "not slow" tests/test_qwen_files.py \
+	  tests/test_engine_tiny.py tests/test_model.py tests/test_train_exact.py tests/test_train_grpo.py
+
+test-all: test test-slow test-oldest
 
 clean:
-	rm -rf $(VENV) tiny-model .pytest_cache test-artifacts
+	rm -rf $(VENV) $(OLDEST) tiny-model .pytest_cache test-artifacts

@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from .generation import cache_keyword
+
 LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 
@@ -33,6 +35,7 @@ class Baseline:
         self.dtype = model.lm_head.weight.dtype
         self.gen = torch.Generator().manual_seed(seed)
         self.prefill_seconds = 0.0     # of the last prefill_decode call (synchronised)
+        self.cache_kw = cache_keyword(model.forward)   # cache= (5.2x) or past_key_values= (5.17)
 
     # ----- inputs -------------------------------------------------------------------------------
 
@@ -70,7 +73,7 @@ class Baseline:
         if pixel_values is not None:
             kw.update(pixel_values=pixel_values.repeat(batch, 1), image_grid_thw=grid.repeat(batch, 1))
         if cache is not None:
-            kw.update(past_key_values=cache)
+            kw[self.cache_kw] = cache
         if positions is not None:
             kw.update(position_ids=positions)                                 # (3, B, T)
         out = self.model(**kw)
@@ -80,7 +83,7 @@ class Baseline:
             torch.cuda.synchronize()
         self.prefill_seconds = time.perf_counter() - t0
         for _ in range(n_new - 1):
-            out = self.model(input_ids=tok, past_key_values=cache, use_cache=True)
+            out = self.model(input_ids=tok, use_cache=True, **{self.cache_kw: cache})
             tok = out.logits[:, -1:].argmax(-1)
         return cache
 

@@ -8,7 +8,8 @@ runs the real model, the real prefill / KV cache / decode loop of
 - grounding rows (those the engine asks to stop on a box) follow ``script`` token by token —
   e.g. a prose prefix and a fenced ``json`` box, so turn 1 ends with ``stop == "box"``;
 - answer rows (every other row), with ``answer_tokens=n``, write n tokens: n − 1 sampled ones
-  with EOS masked, then EOS — so every answer turn has exactly n new tokens;
+  with EOS masked, then EOS — so every answer turn has exactly n new tokens; with ``answer``,
+  they follow that text token by token, then ``<|im_end|>``;
 - ``mask_eos=True`` (implied by ``answer_tokens``) masks EOS on every sampled token, so a turn
   without a forced end runs to ``max_new_tokens``.
 
@@ -31,11 +32,16 @@ class ForcedBackend(QwenBackend):
     """:class:`QwenBackend` with scripted grounding text and fixed answer lengths."""
 
     def __init__(self, model, processor, *, script: str | None = None, answer_tokens: int | None = None,
-                 mask_eos: bool = False, kv_reuse: bool = True):
+                 answer: str | None = None, mask_eos: bool = False, kv_reuse: bool = True):
         super().__init__(model, processor, kv_reuse=kv_reuse)
         if answer_tokens is not None and answer_tokens < 1:
             raise ValueError("answer_tokens must be at least 1")
+        if answer is not None and answer_tokens is not None:
+            raise ValueError("give answer or answer_tokens, not both")
         self.script = self.tok(script, add_special_tokens=False)["input_ids"] if script else []
+        self.answer = self.tok(answer, add_special_tokens=False)["input_ids"] if answer is not None else None
+        if self.answer is not None:
+            answer_tokens = len(self.answer) + 1
         self.answer_tokens = answer_tokens
         self.mask_eos = mask_eos or answer_tokens is not None
         self._active: list[int] = []          # rows that get a token at the next _pick, in order
@@ -62,6 +68,8 @@ class ForcedBackend(QwenBackend):
             step = len(self._ids[r])
             if r in self._grounding and step < len(self.script):
                 ids[i], changed = self.script[step], True
+            elif r not in self._grounding and self.answer is not None and step < len(self.answer):
+                ids[i], changed = self.answer[step], True
             elif r not in self._grounding and self.answer_tokens is not None and step + 1 >= self.answer_tokens:
                 ids[i], changed = self.im_end_id, True
         if changed:   # the policy's own log-probs (EOS unmasked), as QwenBackend._pick records them

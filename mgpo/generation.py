@@ -32,6 +32,27 @@ def unwrap(model):
     return inner
 
 
+def stop_ids(model, tok) -> list[int]:
+    """The ids that end an assistant turn: the checkpoint's ``generation_config.eos_token_id``
+    (Qwen2.5-VL-7B-Instruct: ``[151645, 151643]``, ``<|im_end|>`` and ``<|endoftext|>``), so a
+    fine-tune that stops on other ids stops right, plus ``<|im_end|>`` — the chat template's end
+    of turn, which the engine's turn structure needs. Without a generation config: the
+    tokenizer's ``<|im_end|>``, ``<|endoftext|>`` and eos token."""
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is None:
+        ids = {end, tok.convert_tokens_to_ids("<|endoftext|>"), tok.eos_token_id}
+    else:
+        ids = {end, *([configured] if isinstance(configured, int) else configured)}
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0)
+
+
+def cache_keyword(forward) -> str:
+    """The keyword a transformers forward takes its KV cache by: ``cache`` from 5.2x on (where
+    ``past_key_values`` is deprecated, to go in 5.40), ``past_key_values`` in 5.17."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 def _new_cache(config):
     from transformers import DynamicCache
 
@@ -54,12 +75,8 @@ class QwenBackend:
         self.image_token_id = cfg.image_token_id
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
         self.im_end_id = self.tok.convert_tokens_to_ids("<|im_end|>")
-        eos = {self.im_end_id, self.tok.convert_tokens_to_ids("<|endoftext|>")}
-        if self.tok.eos_token_id is not None:
-            eos.add(self.tok.eos_token_id)
-        self.eos_ids = sorted(i for i in eos if i is not None and i >= 0)
-        lm_forward = self.core.model.language_model.forward
-        self._cache_kw = "cache" if "cache" in inspect.signature(lm_forward).parameters else "past_key_values"
+        self.eos_ids = stop_ids(self.core, self.tok)
+        self._cache_kw = cache_keyword(self.core.model.language_model.forward)
         self._suppress: torch.Tensor | None = None
         self._system_cache: dict[str, str] = {}
 
@@ -154,12 +171,19 @@ class QwenBackend:
         return Conversations(rows, repeat=group_size)
 
     def append(self, convs: Conversations, index: int, message: dict) -> None:
-        """Queue a user turn (environment tokens, mask 0) on row ``index``."""
+        """Queue a user turn (environment tokens, mask 0) on row ``index``.
+
+        The previous assistant turn is closed the way the chat template closes one — its tokens
+        as sampled, then ``<|im_end|>\n``: a turn that ended on ``<|im_end|>`` gets ``\n``; one
+        that stopped on a box, on the length limit or on another stop id (``<|endoftext|>``)
+        gets ``<|im_end|>\n`` after it. The sampled stop token stays where it was sampled (a
+        policy token the trainer scores), so sampling and the training forward read the same
+        sequence, and the template applied to the turn's tokens gives the same ids.
+        """
         row = convs.rows[index]
-        close = "\n" if row.ended_eos else "<|im_end|>\n"
+        close = "\n" if row.tokens and row.tokens[-1] == self.im_end_id else "<|im_end|>\n"
         images = [self.feed_image(img) for img in self._content(message)]
         self._add(row, close + self.render_user(message), images)
-        row.ended_eos = False
 
     # ----- the forward -----------------------------------------------------------------------
 
@@ -323,7 +347,6 @@ class QwenBackend:
                 rest = st.flush(self.tok)
                 if rest:
                     yield r, rest
-                row.ended_eos = stop == "eos"
                 self._sync()
                 out[r] = Generated(
                     text=st.text, token_ids=st.ids, logprobs=st.lps, stop=stop,

@@ -5,6 +5,14 @@ Frames (all boxes are ``(x1, y1, x2, y2)``, x right, y down, pixels):
 - *original*: the image as the user sees it (EXIF-rotated), full resolution.
 - *model frame*: the size the processor feeds the model after the paper's pre-resize and
   Qwen's ``smart_resize`` (multiples of 28). Qwen2.5-VL answers boxes in this frame.
+  Two resizes, as in the paper's code: the image is first scaled by sqrt(max_pixels / (w·h))
+  (:func:`pre_resize`), then rounded to multiples of 28 by ``smart_resize``. That is not what the
+  processor alone does with the same limits: a 2400×1600 photo becomes 1232×812 here (44×29 =
+  1,276 visual tokens) where Qwen2.5-VL-7B-Instruct's processor by itself gives 1204×812
+  (43×29 = 1,247), because the pre-resize leaves 1226×817, which rounds up to 1232 and down
+  to 812 without crossing max_pixels again. The engine feeds the model-frame image with the
+  processor's resize turned off (:meth:`mgpo.generation.QwenBackend.feed_image`), so boxes are
+  read in exactly this frame; tests pin both numbers against the released processor config.
 - *region*: the part of the original an image shows: the whole original for the overview,
   the crop's box for a crop. A box predicted on an image maps through that image's region.
 """

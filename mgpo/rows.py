@@ -64,7 +64,6 @@ class Row:
     next_pos: int = 0           # next text position
     cached: int = 0             # tokens already in the KV cache
     images_cached: int = 0      # images whose tokens are already in the KV cache
-    ended_eos: bool = False     # the last assistant turn ended with an end-of-turn token
 
     def add_tokens(self, ids: list[int], policy: int = 0, logprobs: list[float] | None = None) -> None:
         """Append text tokens: ``policy`` 1 for sampled tokens, 0 for prompt/environment."""
@@ -93,7 +92,7 @@ class Row:
     def copy(self) -> "Row":
         """An independent row sharing the (immutable) fed images."""
         return Row(list(self.tokens), list(self.mask), list(self.logprobs), list(self.positions),
-                   list(self.images), self.next_pos, self.cached, self.images_cached, self.ended_eos)
+                   list(self.images), self.next_pos, self.cached, self.images_cached)
 
 
 class Conversations:

@@ -1,12 +1,20 @@
 """Build a tiny random-weight Qwen2.5-VL (model + processor + chat template) for offline use.
 
-    python -m mgpo.tiny OUT_DIR [--seed 0] [--layers 2] [--hidden 64]
+    python -m mgpo.tiny OUT_DIR [--seed 0] [--layers 2] [--hidden 64] [--qwen-files DIR]
 
 The result is a real ``Qwen2_5_VLForConditionalGeneration`` checkpoint with a byte-level
 ``Qwen2Tokenizer`` (the 256 GPT-2 byte symbols plus Qwen's special tokens), Qwen2.5-VL's chat
 template and a ``Qwen2VLImageProcessor``. It loads through :func:`mgpo.model.load_model` exactly
 like ``Qwen/Qwen2.5-VL-7B-Instruct``; tests, CI and offline tries of the demo use it. It answers
 with noise: it exists to exercise every real code path, not to be right.
+
+``--qwen-files DIR`` takes the tokenizer, chat template, processor and generation config from a
+released checkpoint's folder instead (no weights needed there: ``vocab.json`` + ``merges.txt`` or
+``tokenizer.json``, ``tokenizer_config.json``, ``chat_template.json``,
+``preprocessor_config.json``, ``generation_config.json``, ``config.json`` for the vocabulary
+size). The model keeps its small dimensions but gets the real vocabulary (152,064 embedding
+rows for Qwen2.5-VL-7B-Instruct) and special-token ids, so the ids it reads and writes are the
+released model's. ``tests/fixtures/qwen2.5-vl-7b-instruct/`` holds those files.
 """
 
 from __future__ import annotations
@@ -151,19 +159,27 @@ def build(
     max_pixels: int = MAX_PIXELS,
     tokenizer=None,
     embed_std: float | None = None,
+    qwen_files: str | Path | None = None,
 ) -> Path:
     """Write a tiny Qwen2.5-VL checkpoint to ``out_dir`` and return the path (``tokenizer``:
     one from :func:`build_tokenizer`; the byte-level one by default; ``embed_std``: draw the
-    token embeddings with this std instead of the config's 0.02)."""
+    token embeddings with this std instead of the config's 0.02; ``qwen_files``: a released
+    checkpoint's folder whose tokenizer, template, processor and generation config to carry —
+    the pixel limits then are that processor's own)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = tokenizer if tokenizer is not None else build_tokenizer()
+    generation = processor = None
+    if qwen_files is not None:
+        processor, vocab_size, generation = _released_files(Path(qwen_files))
+        tok = processor.tokenizer
+    else:
+        tok = tokenizer if tokenizer is not None else build_tokenizer()
+        vocab_size = len(tok)
+        vocab_size += (-vocab_size) % 16  # round up, as real checkpoints pad their embedding tables
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab_size = len(tok)
-    vocab_size += (-vocab_size) % 16  # round up, as real checkpoints pad their embedding tables
     heads = 4
     half = hidden // heads // 2
     config = qwen_config(
@@ -179,17 +195,39 @@ def build(
     if embed_std:
         with torch.no_grad():
             model.get_input_embeddings().weight.normal_(0.0, embed_std)
-    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    if generation is not None:
+        model.generation_config = generation
+    else:
+        model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+        model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out)
-    build_processor(tok, min_pixels, max_pixels).save_pretrained(out)
+    (processor or build_processor(tok, min_pixels, max_pixels)).save_pretrained(out)
+    origin = f", tokenizer and processor files from {Path(qwen_files).name}" if qwen_files else ""
     (out / "README.md").write_text(
         "# tiny random Qwen2.5-VL\n\nBuilt by `python -m mgpo.tiny` "
-        f"(seed {seed}, {layers} text layers, hidden {hidden}). Random weights: for tests and offline "
-        "tries of the tooling only; its answers are noise.\n"
+        f"(seed {seed}, {layers} text layers, hidden {hidden}{origin}). Random weights: for tests and "
+        "offline tries of the tooling only; its answers are noise.\n"
     )
-    (out / "mgpo_tiny.json").write_text(json.dumps({"seed": seed, "layers": layers, "hidden": hidden}) + "\n")
+    meta = {"seed": seed, "layers": layers, "hidden": hidden, "vocab_size": vocab_size}
+    if qwen_files:
+        meta["qwen_files"] = Path(qwen_files).name
+    (out / "mgpo_tiny.json").write_text(json.dumps(meta) + "\n")
     return out
+
+
+def _released_files(folder: Path):
+    """(processor, vocabulary size, generation config) from a released checkpoint's folder."""
+    from transformers import AutoProcessor, GenerationConfig
+
+    missing = [f for f in ("config.json", "generation_config.json", "preprocessor_config.json",
+                           "tokenizer_config.json") if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {', '.join(missing)} (a Qwen2.5-VL checkpoint's own files)")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if config.get("model_type") != "qwen2_5_vl":
+        raise ValueError(f"{folder}/config.json is a {config.get('model_type')} config, not qwen2_5_vl")
+    processor = AutoProcessor.from_pretrained(folder)
+    return processor, int(config["vocab_size"]), GenerationConfig.from_pretrained(folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,11 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--qwen-files", default=None, metavar="DIR",
+                   help="carry a released checkpoint's tokenizer, template, processor and generation config "
+                        "(e.g. tests/fixtures/qwen2.5-vl-7b-instruct): the real vocabulary at small dimensions")
     args = p.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = build(args.out_dir, seed=args.seed, layers=args.layers, hidden=args.hidden)
+    try:
+        path = build(args.out_dir, seed=args.seed, layers=args.layers, hidden=args.hidden, qwen_files=args.qwen_files)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote a tiny random Qwen2.5-VL to {path}")
     return 0
 

@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+QWEN_FILES = ROOT / "tests" / "fixtures" / "qwen2.5-vl-7b-instruct"   # the released non-weight files
 BOX_TEXT = '```json\n[\n    {"bbox_2d": [%d, %d, %d, %d], "label": "key image area"}\n]\n```'
 
 
@@ -32,6 +33,23 @@ def tiny_loaded(tiny_model_dir):
     from mgpo.model import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def qwen_model_dir(tmp_path_factory) -> Path:
+    """A random-weight Qwen2.5-VL at small dimensions with Qwen2.5-VL-7B-Instruct's own
+    tokenizer (152,064-row vocabulary), chat template, processor and generation config."""
+    from mgpo.tiny import build
+
+    return build(tmp_path_factory.mktemp("qwen-files") / "qwen2.5-vl-real-files", seed=0, qwen_files=QWEN_FILES)
+
+
+@pytest.fixture(scope="session")
+def qwen_loaded(qwen_model_dir):
+    """That checkpoint loaded through the project's loader (the paper's pixel limits)."""
+    from mgpo.model import load_model
+
+    return load_model(str(qwen_model_dir), device="cpu")
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:

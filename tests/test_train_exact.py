@@ -69,7 +69,8 @@ def forced(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("exact")
     cfg = TrainConfig(model=str(tiny_model_dir), data=write_data(tmp / "data", [(300, 260), (420, 200)]),
                       output_dir=str(tmp / "run"), group_size=2, prompts_per_step=2, max_new_tokens=len(BOX) + 4,
-                      min_pixels=112 * 112, max_pixels=224 * 224, tensorboard=False, progress=False, plot=False)
+                      min_pixels=112 * 112, max_pixels=224 * 224, tensorboard=False, progress=False, plot=False,
+                      mini_batches=1)   # one update per step: the checks below read an on-policy update's ratio
     tr = Trainer(cfg, backend_cls=ForcedBox)
     torch.manual_seed(0)
     with torch.no_grad():                  # a non-trivial adapter, so policy ≠ base model

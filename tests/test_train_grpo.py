@@ -173,3 +173,19 @@ def test_rewards_and_metrics_from_scripted_rollouts():
     m = rollout_metrics(rollouts, items, comps, scored, torch.tensor([s[0] for s in scored]), 2)
     assert m["accuracy"] == 0.5 and m["valid_box"] == 0.5 and m["reward"] == 0.75
     assert m["reward/valid_box"] == 0.5 and 0 < m["crop_area"] < 1 and m["zero_std_groups"] == 0
+
+
+def test_dual_clip_bounds_negative_advantage_tokens_only():
+    """verl's dual clip, c = 3: a token with A = −1 whose ratio grew to 5 loses 3, not 5; the same
+    ratio with A = +1 is clipped by PPO as usual (1.2); off, the negative one loses 5."""
+    old = torch.zeros(2, 1)
+    logp = torch.full((2, 1), math.log(5.0))
+    adv, mask = torch.tensor([-1.0, 1.0]), torch.ones(2, 1)
+    plain = policy_loss(logp, old, adv, mask, kl_coef=0.0)
+    dual = policy_loss(logp, old, adv, mask, kl_coef=0.0, dual_clip=3.0)
+    assert plain.loss.item() == pytest.approx((5.0 - 1.2) / 2)
+    assert dual.loss.item() == pytest.approx((3.0 - 1.2) / 2)
+    assert dual.dual_clip_frac == 0.5 and plain.dual_clip_frac == 0.0
+    assert dual.ratio_max == pytest.approx(5.0) and dual.ratio_min == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="dual_clip must be above 1"):
+        policy_loss(logp, old, adv, mask, dual_clip=1.0)

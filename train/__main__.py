@@ -32,7 +32,17 @@ The algorithm (per step and process):
    A = (r − mean_group) / (std_group + ε).
 4. Loss per policy token: PPO-clipped ratio (ε = 0.2) + 0.01 · k3 KL to the base model − 0.001 ·
    entropy, averaged over the step's policy tokens; one PPO epoch over ``mini_batches``
-   optimizer updates; grad clip 1.0; AdamW on the LoRA parameters only.
+   optimizer updates; grad clip 1.0; AdamW on the LoRA parameters only. An update whose
+   gradient norm is NaN/inf is skipped (the adapter is left as it was) and counted; after
+   ``max_nonfinite`` in a row the run stops; weights that are not finite are never saved.
+
+The update schedule: by default (``mini_batches = 0``) the paper's — it samples 512 prompts and
+updates on 128 at a time, 4 updates per rollout batch — so the step's groups are split into 4
+mini-batches when ``prompts_per_step`` allows it (else 3, 2 or 1). Only from the second update
+on has the policy moved since sampling, so only then does the PPO ratio differ from 1 and the
+clip act; with ``--mini-batches 1`` every update is on-policy and the loss is plain policy
+gradient + KL + entropy (the trainer says so when it starts). ``--dual-clip 3`` adds verl's
+dual clip for negative advantages. ``warmup_steps`` counts optimizer updates, not steps.
 
 Where this departs from the paper (a full-model verl run on 8–32 H100s):
 
@@ -69,12 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from mgpo.model import ModelLoadError
 
-        from .loop import train
+        from .loop import NonFiniteError, train
 
         result = train(cfg)
     except (ConfigError, DataError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; resume with --resume (from the newest checkpoint)", file=sys.stderr)
         return 130

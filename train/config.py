@@ -61,7 +61,13 @@ class TrainConfig:
     entropy_coef: float = 0.001         # the paper's entropy bonus coefficient
     scale_advantages: bool = True       # divide by the group std (False: Dr. GRPO's mean-centring)
     adv_eps: float = 1e-6
-    mini_batches: int = 1               # optimizer updates per step (paper: 512/128 = 4), 1 PPO epoch
+    mini_batches: int = 0               # optimizer updates per step, one PPO epoch over the rollouts split
+                                        # into whole groups. 0 = the paper's 4 (512 prompts, updates on 128)
+                                        # when prompts_per_step splits into 4, else the most of 3, 2, 1 that
+                                        # split it. With 1 the update is on-policy: the ratio is exactly 1
+                                        # and clipping never acts (plain policy gradient + KL + entropy)
+    dual_clip: float = 0.0              # verl's dual clip c (3.0 there): a token with a negative advantage
+                                        # loses at most −A·c however far its ratio grew; 0 = off
     micro_batch: int = 4                # rollouts per training forward (gradient accumulation inside a mini-batch)
     old_logprobs: str = "auto"          # rollout: the engine's sampling log-probs (equal in fp32) | recompute: a
                                         # no-grad training forward (verl's way; bf16 rounding differs) | auto: rollout
@@ -76,8 +82,10 @@ class TrainConfig:
     lr: float = 2e-5                    # LoRA needs a higher lr than the paper's full-model 1e-6
     weight_decay: float = 0.0
     lr_schedule: str = "constant"       # constant | cosine | linear (after warmup)
-    warmup_steps: int = 0
+    warmup_steps: int = 0               # counted in optimizer updates (mini_batches per step), not steps
     grad_clip: float = 1.0              # the paper's
+    max_nonfinite: int = 5              # stop after this many optimizer updates in a row with a NaN/inf
+                                        # gradient norm (each is skipped: the adapter is left as it was)
     gradient_checkpointing: bool = True
     dtype: str = ""                     # "" = bf16 on GPU, float32 on CPU; or float32 | bfloat16 | float16
     steps: int = 200                    # optimizer steps = steps · mini_batches
@@ -102,12 +110,19 @@ class TrainConfig:
             problems.append(f"mode must be mgpo or direct, not {self.mode!r}")
         if self.data_format not in ("auto", "jsonl", "mme", "hf"):
             problems.append(f"data_format must be auto, jsonl, mme or hf, not {self.data_format!r}")
-        for name in ("group_size", "prompts_per_step", "max_new_tokens", "steps", "mini_batches", "micro_batch",
-                     "lora_r"):
+        for name in ("group_size", "prompts_per_step", "max_new_tokens", "steps", "micro_batch", "lora_r",
+                     "max_nonfinite"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
-        if self.prompts_per_step % self.mini_batches:
-            problems.append("prompts_per_step must be a multiple of mini_batches")
+        if self.mini_batches < 0:
+            problems.append("mini_batches must be at least 1, or 0 for the paper's 4 where the batch allows it")
+        elif self.mini_batches == 0 and self.prompts_per_step >= 1:
+            self.mini_batches = next(m for m in (4, 3, 2, 1) if self.prompts_per_step % m == 0)
+        elif self.prompts_per_step % self.mini_batches:
+            problems.append(f"prompts_per_step ({self.prompts_per_step}) must be a multiple of mini_batches "
+                            f"({self.mini_batches}): each update takes whole groups")
+        if self.dual_clip and self.dual_clip <= 1.0:
+            problems.append("dual_clip must be above 1 (verl uses 3.0), or 0 for off")
         if self.old_logprobs not in ("auto", "rollout", "recompute"):
             problems.append("old_logprobs must be auto, rollout or recompute")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -101,6 +101,27 @@ def _hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists() and ".." not in name
 
 
+def _schedule(config: dict) -> str:
+    """What the optimizer updates were: on-policy, or the paper's several per rollout batch."""
+    m, p, g = config.get("mini_batches"), config.get("prompts_per_step"), config.get("group_size")
+    if not isinstance(m, int) or m < 1 or not p:
+        return ""
+    batch = f"{p} prompts × {g} samples" if g else f"{p} prompts"
+    if m == 1:
+        text = (f"One optimizer update per rollout batch ({batch} per process): every update is on-policy, "
+                "so the PPO ratio is exactly 1, clipping never acts, and the loss is plain policy gradient + "
+                "KL + entropy. The paper updates 4 times per rollout batch (512 prompts, 128 at a time).")
+    else:
+        text = (f"{m} optimizer updates per rollout batch ({batch} per process, {p // m} prompts' groups "
+                "each), one PPO epoch — the paper's schedule (512 prompts, updates on 128 at a time). The "
+                "first update is on-policy; from the second on the policy has moved since sampling, so the "
+                f"PPO ratio departs from 1 and the clip to [{1 - config.get('clip_low', 0.2):g}, "
+                f"{1 + config.get('clip_high', 0.2):g}] acts.")
+    if config.get("dual_clip"):
+        text += f" Dual clip c = {config['dual_clip']:g} on negative advantages (verl's)."
+    return text
+
+
 def model_card(card: dict) -> str:
     """The README.md for an MGPO LoRA adapter: YAML front matter + sections.
 
@@ -153,6 +174,7 @@ def model_card(card: dict) -> str:
     config = _plain(card.get("config") or {})
     config_md = _fence(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), "yaml") if config else "Not recorded."
     metrics_md = _metrics_table(card["metrics"]) if card.get("metrics") else "Not recorded."
+    schedule_md = _schedule(config)
 
     mode = card.get("mode") or "mgpo"
     if mode not in ("mgpo", "direct"):
@@ -215,6 +237,7 @@ def model_card(card: dict) -> str:
         "(`adapter_config.json`, `adapter_model.safetensors`).",
         "## Training data", data_md,
         "## Training config", config_md,
+        *(["## Update schedule", schedule_md] if schedule_md else []),
         "## Metrics", metrics_md,
         f"## Prompts (`{prompts.name}` set)",
         f"Rendered for an example multiple-choice question (“{q}”, choices {', '.join(ch)}). For an "

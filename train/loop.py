@@ -10,7 +10,12 @@ One step (per process):
 3. for each of ``mini_batches`` slices of the groups: micro-batches of ``micro_batch`` rollouts
    through the training forward (:mod:`train.logprobs`) with grad, the reference log-probs with
    the adapter disabled (no grad), the clipped loss, backward; then the LoRA gradients are
-   averaged over processes (one all-reduce), clipped, and AdamW steps.
+   averaged over processes (one all-reduce), clipped, and AdamW steps — unless the gradient
+   norm is NaN or inf: then the update is skipped (gradients zeroed, the adapter and the
+   optimizer state left as they were), counted in the metrics, and after ``max_nonfinite``
+   skipped updates in a row the run stops with :class:`NonFiniteError`. The norm is taken after
+   the all-reduce, so every process makes the same decision. Weights that are not finite are
+   never saved or pushed.
 
 Processes (``accelerate launch``) each roll out their own prompts; nothing but the LoRA
 gradients, the token count and the logged metrics crosses processes, so the model is never
@@ -22,6 +27,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,6 +49,10 @@ from .rollouts import completion, rollout_metrics
 
 def _log(msg: str) -> None:
     print(f"[train] {msg}", file=sys.stderr, flush=True)
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped on NaN/inf: too many skipped updates in a row, or weights not fit to save."""
 
 
 class Trainer:
@@ -123,6 +133,11 @@ class Trainer:
         self.processor = loaded.processor
         self.step = 0
         self.last_metrics: dict = {}
+        self.nonfinite_in_a_row = 0           # optimizer updates skipped in a row (NaN/inf gradient norm)
+        self.nonfinite_total = 0
+        if self.main and cfg.mini_batches == 1:
+            _log("mini_batches = 1: one update per rollout batch, so the update is on-policy (ratio 1, "
+                 "clipping inert); the paper updates 4 times per batch (--mini-batches 4)")
 
     # ----- data --------------------------------------------------------------------------------
 
@@ -205,7 +220,35 @@ class Trainer:
         t = torch.tensor([x], dtype=torch.float64, device=self.acc.device)
         return float(self.acc.reduce(t, reduction="sum").item())
 
-    def update(self, items, rollouts) -> dict:
+    def _apply_update(self, step: int, m: int) -> float:
+        """Clip and step on the (all-reduced) gradients, or skip the update when their norm is not
+        finite. Returns the norm; the scheduler advances either way (its count is updates tried)."""
+        cfg = self.cfg
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip).item())
+        if math.isfinite(norm):
+            self.optimizer.step()
+            self.nonfinite_in_a_row = 0
+        else:
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            if self.main:
+                _log(f"step {step}, update {m + 1}/{cfg.mini_batches}: gradient norm {norm}; update skipped, "
+                     f"the adapter is unchanged ({self.nonfinite_in_a_row} in a row, {self.nonfinite_total} in all)")
+        with warnings.catch_warnings():   # torch warns when the schedule moves before any optimizer step
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.nonfinite_in_a_row >= cfg.max_nonfinite:
+            last = ckpt.latest(self.out)
+            raise NonFiniteError(
+                f"{self.nonfinite_in_a_row} optimizer updates in a row had a NaN/inf gradient norm (the last at "
+                f"step {step}); stopping. None of them touched the adapter: "
+                + (f"{last} holds the newest checkpoint. " if last else "no checkpoint was written yet. ")
+                + "A resumed run replays the same seeded steps: lower --lr or --grad-clip, train in float32, "
+                "or check the data before resuming.")
+        return norm
+
+    def update(self, items, rollouts, step: int = 0) -> dict:
         """Rewards, advantages and ``mini_batches`` optimizer updates on one step's rollouts."""
         cfg = self.cfg
         G = cfg.group_size
@@ -228,9 +271,10 @@ class Trainer:
                     olds += [lp[j, :len(r.token_ids)] for j, r in enumerate(chunk)]
         self.model.train()
         per_mb = len(rollouts) // cfg.mini_batches                      # whole groups per mini-batch
-        stats = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "ratio_max": 0.0}
+        stats = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "dual_clip_frac": 0.0,
+                 "ratio_max": 0.0, "ratio_min": math.inf}
         tokens_seen = 0
-        grad_norms = []
+        grad_norms, skipped = [], 0
         t0 = time.perf_counter()
         for m in range(cfg.mini_batches):
             mb = list(range(m * per_mb, (m + 1) * per_mb))
@@ -250,28 +294,33 @@ class Trainer:
                 logp, ent, ref = self._forward(batch, want_ref=cfg.kl_coef > 0)
                 parts = policy_loss(logp, old, adv[idx].to(logp.device), batch.loss_mask, ref=ref, entropy=ent,
                                     clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
-                                    entropy_coef=cfg.entropy_coef, denom=denom)
+                                    entropy_coef=cfg.entropy_coef, denom=denom, dual_clip=cfg.dual_clip)
                 parts.loss.backward()
                 w = parts.tokens
                 tokens_seen += batch.tokens
                 stats["loss"] += float(parts.loss.item())
                 for key, val in (("pg_loss", parts.pg), ("kl", parts.kl), ("entropy", parts.entropy),
-                                 ("clip_frac", parts.clip_frac)):
+                                 ("clip_frac", parts.clip_frac), ("dual_clip_frac", parts.dual_clip_frac)):
                     stats[key] += val * w
                 stats["ratio_max"] = max(stats["ratio_max"], parts.ratio_max)
+                stats["ratio_min"] = min(stats["ratio_min"], parts.ratio_min)
             self._allreduce_grads()
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip).item()))
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            norm = self._apply_update(step, m)
+            if math.isfinite(norm):
+                grad_norms.append(norm)
+            else:
+                skipped += 1
         train_s = time.perf_counter() - t0
         n_policy = max(sum(sum(r.loss_mask) for r in rollouts), 1)
-        for key in ("pg_loss", "kl", "entropy", "clip_frac"):
+        for key in ("pg_loss", "kl", "entropy", "clip_frac", "dual_clip_frac"):
             stats[key] /= n_policy
         stats["loss"] /= cfg.mini_batches
+        if not math.isfinite(stats["ratio_min"]):
+            stats["ratio_min"] = 0.0
 
         return {**rollout_metrics(rollouts, items, comps, scored, rewards, G), **stats,
-                "grad_norm": sum(grad_norms) / len(grad_norms), "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else math.nan,
+                "skipped_updates": skipped, "lr": self.scheduler.get_last_lr()[0],
                 "train_seconds": train_s, "tokens_per_s": tokens_seen / train_s if train_s > 0 else 0.0,
                 "skipped_items": sum(len(v) for v in self.skipped.values())}
 
@@ -300,7 +349,17 @@ class Trainer:
             raise RuntimeError(f"LoRA weights differ between processes ({values}); the gradient all-reduce failed")
         return values
 
+    def _check_finite(self, what: str) -> None:
+        """Refuse to ``what`` (save, push) LoRA weights holding NaN/inf; decided on all processes
+        together (the count of bad tensors is summed), so none waits on another."""
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if self._sum_over_processes(float(len(bad))) > 0:
+            where = f" (e.g. {bad[0]})" if bad else " on another process"
+            raise NonFiniteError(f"refusing to {what}: LoRA weights hold NaN/inf{where}. The newest checkpoint in "
+                                 f"{self.out} and any pushed adapter are left as they were.")
+
     def save(self, step: int) -> Path | None:
+        self._check_finite(f"save the step-{step} checkpoint")
         tmp = ckpt.tmp_dir(self.out, step)
         checksums = self._replica_checksums()
         if self.main:
@@ -333,6 +392,10 @@ class Trainer:
     def push(self, folder: Path, step: int, extra_files: tuple = ()) -> str | None:
         """Push an adapter folder with its model card; a failure is reported, the folder kept."""
         if not (self.cfg.push_to_hub and self.main):
+            return None
+        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:
+            _log(f"not pushing step {step}: LoRA weights hold NaN/inf (e.g. {bad[0]}); the Hub repo is unchanged")
             return None
         try:
             from .hub import PushError, push_adapter
@@ -373,7 +436,7 @@ class Trainer:
             for step in range(start + 1, cfg.steps + 1):
                 t0 = time.perf_counter()
                 items, rollouts, roll_s = self.rollout(step)
-                metrics = self.update(items, rollouts)
+                metrics = self.update(items, rollouts, step)
                 metrics["rollout_seconds"] = roll_s
                 metrics["step_seconds"] = time.perf_counter() - t0
                 metrics["samples"] = len(rollouts)
@@ -383,8 +446,9 @@ class Trainer:
                     log.log(step, metrics)
                 if bar is not None:
                     bar.update(1)
+                    extra = {"skipped": self.nonfinite_total} if self.nonfinite_total else {}
                     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.4f}",
-                                    box=f"{metrics['valid_box']:.2f}")
+                                    box=f"{metrics['valid_box']:.2f}", **extra)
                 if self.on_step is not None:
                     self.on_step(step, metrics)
                 if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
@@ -397,6 +461,7 @@ class Trainer:
             if log is not None:
                 log.close()
         final = self.out / "adapter"
+        self._check_finite("save the final adapter")
         if self.main:
             self.model.save_pretrained(str(final), save_embedding_layers=False)
             (self.out / "train_config.yaml").write_text(_yaml(cfg.to_dict()))

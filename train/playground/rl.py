@@ -51,6 +51,7 @@ def rl_config(cfg: RecipeConfig, base: Path, data: Path, out: Path):
         lr=cfg.rl_lr, lr_schedule=cfg.rl_schedule, steps=cfg.rl_steps, entropy_coef=cfg.entropy_coef,
         seed=cfg.seed, gradient_checkpointing=False, dtype="",
         save_every=0, keep_last=1, tensorboard=False, progress=False, plot=True, micro_batch=8,
+        mini_batches=1,   # one on-policy update per step: what the shipped playground RL was measured with
     )
 
 

@@ -17,7 +17,9 @@ against the hidden ground truth. This module only maps engine events to Gradio c
 
 Settings also come from the environment (for a Space): MGPO_MODEL, MGPO_ADAPTER, MGPO_HOST /
 GRADIO_SERVER_NAME, MGPO_PORT / GRADIO_SERVER_PORT, MGPO_SHARE, MGPO_QUEUE_SIZE, MGPO_CONCURRENCY,
-MGPO_GPU_SECONDS, MGPO_PLAYGROUND.
+MGPO_GPU_SECONDS, MGPO_PLAYGROUND, and for the adapters visitors may load (see
+:mod:`mgpo.adapters`) MGPO_ADAPTERS, MGPO_ANY_ADAPTER, MGPO_MAX_ADAPTERS, MGPO_ADAPTER_MAX_MB,
+MGPO_ADAPTER_MAX_RANK.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from mgpo.adapters import AdapterPolicy, AdapterStore
 from mgpo.engine import DEFAULT_MODEL, Engine, EngineConfig, InputError
 from mgpo.eval.scoring import iou
 from mgpo.geometry import MAX_PIXELS, MIN_PIXELS
@@ -72,6 +75,20 @@ class AppConfig:
     concurrency: int = 1            # model runs at a time (one model, one GPU)
     gpu_seconds: int = 120          # ZeroGPU duration of one request
     playground: str | None = None   # playground release folder; None: examples/playground if present; "off": none
+    adapters: tuple[str, ...] = ()  # LoRA adapters visitors may pick: Hub ids or local folders
+    any_adapter: bool | None = None  # visitors may load any Hub id; None: off on a Space, on elsewhere
+    max_adapters: int = 4           # adapters held at once (the least recently used goes)
+    adapter_max_mb: int = 1024      # adapter_model.safetensors size limit
+    adapter_max_rank: int = 256     # LoRA rank limit
+
+    def adapter_policy(self, environ: dict | None = None) -> AdapterPolicy:
+        """What visitors may load. Without ``any_adapter`` set, a Space (``SPACE_ID`` in the
+        environment, set by Hugging Face) allows only the listed adapters; elsewhere any Hub id."""
+        env = os.environ if environ is None else environ
+        any_hub = self.any_adapter if self.any_adapter is not None else "SPACE_ID" not in env
+        allowed = tuple(dict.fromkeys([*self.adapters, *([self.adapter] if self.adapter else [])]))
+        return AdapterPolicy(allowed=allowed, any_hub=any_hub, max_bytes=self.adapter_max_mb * 2**20,
+                             max_rank=self.adapter_max_rank, max_loaded=self.max_adapters)
 
 
 def _env_flag(value: str | None) -> bool:
@@ -99,9 +116,25 @@ def parse_args(argv: list[str] | None = None, environ: dict | None = None) -> Ap
     p.add_argument("--playground", default=env.get("MGPO_PLAYGROUND") or None, metavar="DIR",
                    help="playground release for the Playground tab (default: examples/playground when present; "
                         "'off': no tab; env MGPO_PLAYGROUND)")
+    p.add_argument("--adapters", default=env.get("MGPO_ADAPTERS", ""), metavar="ID,ID,...",
+                   help="LoRA adapters visitors may pick (Hub ids or local folders; env MGPO_ADAPTERS)")
+    any_default = env.get("MGPO_ANY_ADAPTER")
+    p.add_argument("--any-adapter", action=argparse.BooleanOptionalAction,
+                   default=None if any_default is None else _env_flag(any_default),
+                   help="let visitors load any Hub adapter id (default: off on a Space, on elsewhere; "
+                        "env MGPO_ANY_ADAPTER)")
+    p.add_argument("--max-adapters", type=int, default=int(env.get("MGPO_MAX_ADAPTERS", d.max_adapters)),
+                   help="adapters held at once; the least recently used is dropped (env MGPO_MAX_ADAPTERS)")
+    p.add_argument("--adapter-max-mb", type=int, default=int(env.get("MGPO_ADAPTER_MAX_MB", d.adapter_max_mb)),
+                   help="largest adapter_model.safetensors a visitor may load (env MGPO_ADAPTER_MAX_MB)")
+    p.add_argument("--adapter-max-rank", type=int, default=int(env.get("MGPO_ADAPTER_MAX_RANK", d.adapter_max_rank)),
+                   help="highest LoRA rank a visitor may load (env MGPO_ADAPTER_MAX_RANK)")
     a = p.parse_args(argv)
+    if a.max_adapters < 1:
+        p.error("--max-adapters must be at least 1")
+    listed = tuple(x.strip() for x in a.adapters.split(",") if x.strip())
     return AppConfig(a.model, a.adapter, a.host, a.port, a.share, a.queue_size, a.concurrency, a.gpu_seconds,
-                     a.playground)
+                     a.playground, listed, a.any_adapter, a.max_adapters, a.adapter_max_mb, a.adapter_max_rank)
 
 
 @dataclass
@@ -124,80 +157,17 @@ class Settings:
 # ----- the model side: engine runs and LoRA adapters -----------------------------------------
 
 
-class Adapters:
-    """LoRA adapters put on the engine's model at runtime, each loaded once (cached by id).
-
-    All adapters live in one peft model around the base weights; a run switches to its adapter
-    (or disables them all for the base model) before generating. Runs share one model, so they
-    must not overlap (the app runs them one at a time).
-    """
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.names: dict[str, str] = {}           # adapter id → peft adapter name
-        self.peft = None
-        model = getattr(engine.backend, "model", None)
-        if model is not None and hasattr(model, "peft_config"):   # adapters put on before: known by name
-            self.peft = model
-            self.names = {name: name for name in model.peft_config}
-
-    @property
-    def supported(self) -> bool:
-        return hasattr(self.engine.backend, "core")
-
-    def load(self, adapter: str) -> str:
-        """Load ``adapter`` (Hub id or directory) if new; return its id. Raises ModelLoadError."""
-        adapter = adapter.strip()
-        if adapter in self.names:
-            return adapter
-        if not self.supported:
-            raise ModelLoadError("this engine has no neural network to put a LoRA adapter on")
-        name = f"adapter_{len(self.names)}"
-        if self.peft is None:
-            from mgpo.model import load_adapter
-
-            self.peft = load_adapter(self.engine.backend.model, adapter, adapter_name=name)
-            self.engine.backend.model = self.peft
-        else:
-            self._load_more(adapter, name)
-        self.names[adapter] = name
-        return adapter
-
-    def _load_more(self, adapter: str, name: str) -> None:
-        from mgpo.model import resolve_adapter
-
-        try:
-            self.peft.load_adapter(resolve_adapter(adapter), adapter_name=name)
-        except Exception as e:
-            raise ModelLoadError(
-                f"Could not load the LoRA adapter '{adapter}': it is not a local directory with "
-                f"adapter_config.json, not in the HF cache, and could not be downloaded ({type(e).__name__})"
-            ) from None
-
-    def activate(self, adapter: str | None) -> None:
-        """Make the next run use ``adapter`` (an id already loaded), or the base model."""
-        if self.peft is None:
-            if adapter:
-                raise ModelLoadError(f"the LoRA adapter '{adapter}' is not loaded")
-            return
-        if not adapter:
-            self.peft.base_model.disable_adapter_layers()
-            return
-        if adapter not in self.names:
-            self.load(adapter)
-        self.peft.base_model.enable_adapter_layers()
-        self.peft.set_adapter(self.names[adapter], inference_mode=True)
-
-
 class Runner:
     """Runs the engine for the page: the MGPO conversation and, with ``compare``, the
     single-turn baseline. :meth:`events` yields ``(run, event)`` with run ``"mgpo"`` or
     ``"baseline"``; it is the function ZeroGPU gives a GPU to (``spaces.GPU``)."""
 
-    def __init__(self, engine: Engine, adapter: str | None = None, gpu_seconds: int = 120):
+    def __init__(self, engine: Engine, adapter: str | None = None, gpu_seconds: int = 120,
+                 policy: AdapterPolicy | None = None):
         self.engine = engine
-        self.adapters = Adapters(engine)
-        self.adapter = self.adapters.load(adapter) if adapter else None   # the page's default adapter
+        self.adapters = AdapterStore(engine, policy)
+        # the page's default adapter: the operator's, loaded as given
+        self.adapter = self.adapters.load(adapter, visitor=False) if adapter else None
         self.events = spaces.GPU(duration=gpu_seconds)(self._events) if spaces else self._events
 
     @property
@@ -206,30 +176,31 @@ class Runner:
 
     def _events(self, image: Image.Image, question: str, choices: str | None, settings: Settings,
                 compare: bool = False, adapter: str | None = None):
-        self.adapters.activate(adapter)
         runs = [("mgpo", dict(mode="mgpo", max_turns=settings.max_turns))]
         if compare:
             runs.append(("baseline", dict(mode="direct")))
-        for run, kw in runs:
-            stream = self.engine.run(image, question, choices, **kw, **settings.overrides())
-            try:
-                for event in stream:
-                    yield run, event
-            finally:
-                stream.close()   # a stopped request stops generating here
+        with self.adapters.use(adapter):     # the model is this run's until it ends or is stopped
+            for run, kw in runs:
+                stream = self.engine.run(image, question, choices, **kw, **settings.overrides())
+                try:
+                    for event in stream:
+                        yield run, event
+                finally:
+                    stream.close()   # a stopped request stops generating here
 
 
 class PlaygroundModel:
     """The playground release's model for the Playground tab, loaded on first use: the base-skills
     checkpoint with the playground's pixel budgets, and every RL checkpoint's LoRA adapter on it
-    (:class:`Adapters`), switched per run. Runs go through a :class:`Runner`, as the Ask tab's do."""
+    (:class:`mgpo.adapters.AdapterStore`, all held), switched per run. Runs go through a :class:`Runner`, as the Ask tab's do."""
 
     SETTINGS = Settings(max_turns=2, temperature=0.0, max_new_tokens=96, **Budgets().engine())   # every run's
+    POLICY = AdapterPolicy(max_loaded=None)   # the release's own checkpoints, all held
 
     def __init__(self, release: Release, engine: Engine | None = None, gpu_seconds: int = 120):
         self.release = release                  # ``engine``: a prepared one (tests); else loaded on first use
         self.gpu_seconds = gpu_seconds
-        self._runner = Runner(engine, gpu_seconds=gpu_seconds) if engine is not None else None
+        self._runner = Runner(engine, gpu_seconds=gpu_seconds, policy=self.POLICY) if engine is not None else None
         self._lock = threading.Lock()
 
     @classmethod
@@ -242,10 +213,10 @@ class PlaygroundModel:
             if self._runner is None:
                 log.info("loading the playground model %s", self.release.model)
                 runner = Runner(Engine.from_pretrained(str(self.release.model), config=self.config()),
-                                gpu_seconds=self.gpu_seconds)
+                                gpu_seconds=self.gpu_seconds, policy=self.POLICY)
                 for c in self.release.checkpoints:
                     if c.adapter is not None:
-                        runner.adapters.load(str(c.adapter))
+                        runner.adapters.load(str(c.adapter), visitor=False)
                 self._runner = runner
         return self._runner
 
@@ -300,6 +271,12 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> list[list]:
         return []
     items = json.loads(index.read_text())
     return [[str(folder / it["image"]), it["question"], "\n".join(it.get("choices") or [])] for it in items]
+
+
+def _adapter_rules(policy: AdapterPolicy) -> str:
+    held = f"at most {policy.max_loaded} held at once" if policy.max_loaded else "no limit on how many are held"
+    return (f"LoRA on the language model only, safetensors ≤ {policy.max_bytes / 2**20:,.0f} MB, "
+            f"rank ≤ {policy.max_rank}; {held}.")
 
 
 def _header(runner: Runner, adapter: str | None) -> str:
@@ -381,11 +358,11 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
         finally:
             updates.close()   # a stopped request stops generating here
 
+    policy = runner.adapters.policy
+
     def load_adapter(adapter_id):
         adapter_id = (adapter_id or "").strip()
-        if not adapter_id:
-            return gr.skip(), gr.skip(), _warn("Type a Hub id (user/name) or a local folder with adapter_config.json.")
-        try:
+        try:        # every rule is the store's: the API refuses what the page refuses
             runner.adapters.load(adapter_id)
         except ModelLoadError as e:
             return gr.skip(), gr.skip(), _warn(str(e))
@@ -420,8 +397,11 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
                             box_rule = gr.Dropdown(["paper", "clamp", "pad", "clamp+pad"], value="paper", label="Box rule",
                                                    info="paper: refuse out-of-bounds or tiny boxes; clamp / pad: repair them")
                         with gr.Accordion("LoRA adapter", open=False):
-                            adapter_box = gr.Textbox(label="Adapter (Hub id or local folder)", placeholder="user/mgpo-qwen2.5-vl-lora",
-                                                     value=runner.adapter or "", elem_id="adapter")
+                            adapter_box = gr.Dropdown(
+                                # custom values reach the handler, whose store says which rule refuses them
+                                list(policy.allowed), value=runner.adapter, allow_custom_value=True,
+                                label="Adapter" + (" (pick one, or type a Hub id: user/name)" if policy.any_hub else ""),
+                                info=_adapter_rules(policy), elem_id="adapter")
                             with gr.Row():
                                 load_btn = gr.Button("Load adapter", size="sm")
                                 base_btn = gr.Button("Use the base model", size="sm")
@@ -764,7 +744,7 @@ def make_app(cfg: AppConfig) -> gr.Blocks:
     if isinstance(playground, Release):
         playground = PlaygroundModel(playground, gpu_seconds=cfg.gpu_seconds)
     try:
-        runner = Runner(Engine.from_pretrained(cfg.model), cfg.adapter, cfg.gpu_seconds)
+        runner = Runner(Engine.from_pretrained(cfg.model), cfg.adapter, cfg.gpu_seconds, cfg.adapter_policy())
     except ModelLoadError as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

@@ -367,8 +367,10 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
 def test_adapters_switch_the_live_model(tiny_model_dir, tiny_adapter):
     import torch
 
+    from mgpo.adapters import AdapterStore
+
     engine = Engine.from_pretrained(str(tiny_model_dir), device="cpu")
-    adapters = app.Adapters(engine)
+    adapters = AdapterStore(engine)
     core = engine.backend.core
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
 
@@ -377,29 +379,37 @@ def test_adapters_switch_the_live_model(tiny_model_dir, tiny_adapter):
             return core.model.language_model(input_ids=ids).last_hidden_state
 
     base = logits()
-    assert adapters.load(str(tiny_adapter)) == str(tiny_adapter)
-    adapters.activate(str(tiny_adapter))
-    tuned = logits()
+    assert adapters.load(str(tiny_adapter), visitor=False) == str(tiny_adapter)
+    with adapters.use(str(tiny_adapter)):
+        tuned = logits()
     assert not torch.allclose(base, tuned)
-    adapters.activate(None)
-    assert torch.allclose(base, logits())
-    adapters.activate(str(tiny_adapter))
-    assert torch.allclose(tuned, logits())
+    with adapters.use(None):
+        assert torch.allclose(base, logits())
+    with adapters.use(str(tiny_adapter)):
+        assert torch.allclose(tuned, logits())
     with pytest.raises(app.ModelLoadError, match="Could not load the LoRA adapter"):
-        adapters.load("/no/such/adapter")
+        adapters.load("/no/such/adapter", visitor=False)
 
     # an adapter given at start (--adapter) is the page's default; "Use the base model" turns it off
     runner = app.Runner(Engine.from_pretrained(str(tiny_model_dir), device="cpu"), str(tiny_adapter))
     assert runner.adapter == str(tiny_adapter)
     core = runner.engine.backend.core
-    runner.adapters.activate(str(tiny_adapter))
-    assert torch.allclose(tuned, logits())
-    runner.adapters.activate(None)
-    assert torch.allclose(base, logits())
+    with runner.adapters.use(str(tiny_adapter)):
+        assert torch.allclose(tuned, logits())
+    with runner.adapters.use(None):
+        assert torch.allclose(base, logits())
 
 
-def test_adapter_box_loads_by_path_and_refuses_unknown_ids(tiny_server, tiny_adapter):
-    client = Client(tiny_server, verbose=False)
+def test_adapter_box_loads_a_listed_folder_and_refuses_unknown_ids(tiny_model_dir, tiny_adapter):
+    demo = app.make_app(app.AppConfig(model=str(tiny_model_dir), queue_size=8, adapters=(str(tiny_adapter),),
+                                      any_adapter=True))
+    try:
+        _adapter_box_checks(Client(serve(demo), verbose=False), tiny_adapter)
+    finally:
+        demo.close()
+
+
+def _adapter_box_checks(client, tiny_adapter):
     header, note = client.predict("nobody/no-such-adapter", api_name="/load_adapter")
     assert note.startswith("⚠️ Could not load the LoRA adapter 'nobody/no-such-adapter'")
     assert header == {"__type__": "update"}                     # the header keeps the base model

@@ -282,7 +282,7 @@ def test_switching_checkpoints_switches_the_adapter(fake_release):
         assert len(set(texts.values())) == 3                       # each checkpoint writes its own turn 1
         assert not torch.allclose(states["before RL"], states["early"])
         assert not torch.allclose(states["early"], states["late"])
-        names = pg.runner.adapters.names
+        names = pg.runner.adapters.loaded
         assert set(names) == {str(release.checkpoint("early").adapter), str(release.checkpoint("late").adapter)}
         assert pg.runner.engine.config.max_pixels == 224 * 224 and pg.runner.engine.config.max_new_tokens == 96
     finally:

@@ -1,7 +1,7 @@
 """The plain-transformers baseline the benchmark compares the engine with.
 
-What a straightforward transformers program does (the reference is ``../shared/bench/hf_baseline.py``,
-measured on the H200 in PERF.md): build the token sequence with ``<|image_pad|>`` runs, call
+What a straightforward transformers program does (measured on an H200 for the table in
+``docs/speed.md``): build the token sequence with ``<|image_pad|>`` runs, call
 ``model(...)`` on it (sdpa attention, a ``DynamicCache``), then call ``model(...)`` once per new
 token with greedy argmax — no static cache, no compile, no shared prefill, a group of G samples
 is G copies of the prompt (the image encoded G times). Turn 2 either re-encodes the whole

@@ -5,7 +5,7 @@
 
 One process builds a random-weight Qwen2.5-VL (:mod:`mgpo.shapes`; speed does not depend on the
 weights), measures the hardware (bf16 matmul TFLOP/s, copy bandwidth), then times each case of
-PERF.md twice — with the project's code (:class:`mgpo.engine.Engine` over the real
+``docs/speed.md`` twice — with the project's code (:class:`mgpo.engine.Engine` over the real
 :class:`mgpo.generation.QwenBackend` decode loop; :func:`train.logprobs.token_logprobs` for the
 update) and with :class:`mgpo.baseline.Baseline`, a plain transformers forward loop:
 
@@ -82,7 +82,7 @@ class BenchConfig:
         return cls(**base)
 
 
-# Rough wall seconds of each case on an H200 at 7B shapes (PERF.md's baseline times × runs):
+# Rough wall seconds of each case on an H200 at 7B shapes (docs/speed.md's baseline times × runs):
 # printed before the run so a device session knows what it is in for.
 EST_7B_SECONDS = dict(build=15, floors=3, decode=22, two_turn=30, native=16, group_prefill=10, rollout=30, lora=70)
 

@@ -9,7 +9,7 @@ the case itself (absolute speed moves between machines; ratios to the floor do n
 - a prefill does 2 FLOPs per language-model parameter per token, 2 per vision parameter per
   patch (4 patches per visual token), and causal attention (QKᵀ and PV: 2 FLOPs each per
   query–key pair per channel), ÷ the matmul rate; the vision tower's attention is ignored;
-- training: 6 FLOPs per parameter per token (PERF.md's MFU convention: checkpointing's
+- training: 6 FLOPs per parameter per token (the MFU convention of ``docs/speed.md``: checkpointing's
   recomputed forward is not counted as useful work).
 """
 

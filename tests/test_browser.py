@@ -54,6 +54,20 @@ def scripted_url():
     demo.close()
 
 
+def readme_shot(page, name: str) -> None:
+    """A full-page screenshot in test-artifacts/, and a small JPEG of its top (readme-NAME.jpg)
+    for docs/images/, the README's pictures: copy it there when the page changes."""
+    from PIL import Image
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    full = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(full), full_page=True)
+    with Image.open(full) as img:
+        top = img.convert("RGB").crop((0, 0, img.width, min(img.height, 1250)))
+        top.thumbnail((960, 960))
+        top.save(ARTIFACTS / f"readme-{name}.jpg", quality=72, optimize=True)
+
+
 def answer_of(pg, which: str = "mgpo") -> str:
     return pg.locator(f"#answer-{which} textarea").input_value()
 
@@ -80,8 +94,7 @@ def test_example_run_shows_the_box_the_crop_and_the_answer(page, scripted_url):
     assert crop.evaluate("img => img.complete && img.naturalWidth") > 200
     assert page.get_by_text("Cropping region (").count() >= 1
     assert page.locator("#stats").get_by_text("grounding").count() >= 1
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+    readme_shot(page, "app")
 
 
 def test_stop_cancels_and_the_next_run_works(page, scripted_url):
@@ -238,8 +251,7 @@ def test_app_py_offline_opens_on_the_shipped_playground_and_it_answers(page, tmp
         boxes.wait_for()
         assert boxes.evaluate("img => img.complete && img.naturalWidth") == 1024
         assert page.get_by_text("Turn 2 ·").count() >= 1            # it zoomed: a valid box, then the crop
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "playground-shipped.png"), full_page=True)
+        readme_shot(page, "playground-shipped")
     finally:
         out = stop(proc)
     assert "Traceback" not in out

@@ -1,6 +1,6 @@
 """Benchmark loaders: each public format becomes a stream of :class:`Item`. Pure (no torch).
 
-Formats read (MGPO_SPEC section 4; the public files, unchanged):
+Formats read (the public files, unchanged; ``docs/evaluation.md`` says where to get them):
 
 - **V\\*** (``vstar``): the folder of ``sa_XXXX.jpg`` + ``sa_XXXX.json`` pairs
   (``{"question", "options", ...}``, ``options[0]`` is the correct one), or the

@@ -44,6 +44,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import geometry
 from .floors import Floors, Model, hardware, sync, timed
 
 CASES = ("decode", "two_turn", "native", "group_prefill", "rollout", "lora")
@@ -55,8 +56,8 @@ PROSE = "The question asks about a small detail, so I look for the region that s
 class BenchConfig:
     shapes: str = "7b"                       # 7b | tiny
     image_size: tuple[int, int] = (3840, 2160)   # (W, H) of the noise image
-    min_pixels: int = 256 * 28 * 28          # the paper's pixel limits for the overview / crops
-    max_pixels: int = 1280 * 28 * 28
+    min_pixels: int = geometry.MIN_PIXELS    # the paper's pixel limits for the overview / crops
+    max_pixels: int = geometry.MAX_PIXELS
     crop_at: tuple[float, float] = (1 / 3, 1 / 3)   # crop's top-left, as fractions of (W, H)
     crop_frac: float = 0.25                  # crop side / image side
     turn1_tokens: int = 48                   # turn 1 = prose + box, exactly this long

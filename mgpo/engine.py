@@ -42,6 +42,18 @@ _CONTROL = re.compile(r"<\|[A-Za-z_]+\|>")  # Qwen's special tokens: <|im_end|>,
 MODES = ("mgpo", "direct")
 
 
+def drain(stream, on_item=None):
+    """Run a generator to its end and return its return value (an engine stream's rollouts, a
+    backend turn's ``{row: Generated}``); ``on_item`` sees each item it yields on the way."""
+    while True:
+        try:
+            item = next(stream)
+        except StopIteration as done:
+            return done.value
+        if on_item is not None:
+            on_item(item)
+
+
 class InputError(ValueError):
     """A request the engine refuses, with a message meant for the person who made it."""
 
@@ -150,12 +162,7 @@ class Engine:
 
     def rollout(self, requests: list[Request], group_size: int = 1, **kwargs) -> list[Rollout]:
         """Run every request ``group_size`` times and return the samples (request-major)."""
-        stream = self.stream(requests, group_size, **kwargs)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as done:
-                return done.value
+        return drain(self.stream(requests, group_size, **kwargs))
 
     def stream(self, requests: list[Request], group_size: int = 1, *, mode: str = "mgpo",
                max_turns: int | None = None, sampling: Sampling | None = None, **overrides):

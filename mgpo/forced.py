@@ -14,10 +14,10 @@ runs the real model, the real prefill / KV cache / decode loop of
   without a forced end runs to ``max_new_tokens``.
 
 The log-prob recorded for every token, forced or sampled with EOS masked, is the unmasked
-policy's own ``log_softmax(logits / T)[token]`` — what :meth:`QwenBackend._pick` records — so
-rollouts stay exact training data (tests check it against a full forward). The decode loop
-stops a row on its own (EOS, length, a complete box); :meth:`ForcedBackend._advance` applies
-the same rules to know which rows the next call's logits belong to.
+policy's own ``log_softmax(logits / T)[token]`` — what :meth:`QwenBackend.pick` records — so
+rollouts stay exact training data (tests check it against a full forward). Only the public
+:meth:`QwenBackend.pick` hook is overridden: the decode loop's stop rules (EOS, length, a complete
+box) stay the one implementation.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import torch
 
 from .generation import QwenBackend
-from .parsing import complete_fenced_box
 
 
 class ForcedBackend(QwenBackend):
@@ -44,52 +43,29 @@ class ForcedBackend(QwenBackend):
             answer_tokens = len(self.answer) + 1
         self.answer_tokens = answer_tokens
         self.mask_eos = mask_eos or answer_tokens is not None
-        self._active: list[int] = []          # rows that get a token at the next _pick, in order
-        self._ids: dict[int, list[int]] = {}  # row → token ids of this turn so far
         self._grounding: set[int] = set()
-        self._max_new = 0
 
     def generate(self, convs, rows, sampling, stop_on_box=frozenset()):
-        self._active = list(rows)
-        self._ids = {r: [] for r in rows}
         self._grounding = set(stop_on_box)
-        self._max_new = sampling.max_new_tokens
         return super().generate(convs, rows, sampling, stop_on_box)
 
-    def _pick(self, logits, s, gen):
-        # logits: (len(active), V) float, one row per active conversation row, in self._active order
+    def pick(self, logits, s, gen, rows, turns):
+        # logits: (len(rows), V) float, one row per decoding conversation row, in ``rows`` order
         sample_from = logits
         if self.mask_eos:
             sample_from = logits.clone()
             sample_from[:, self.eos_ids] = float("-inf")
-        ids, lps = super()._pick(sample_from, s, gen)
+        ids, lps = super().pick(sample_from, s, gen, rows, turns)
         changed = self.mask_eos
-        for i, r in enumerate(self._active):
-            step = len(self._ids[r])
+        for i, (r, turn) in enumerate(zip(rows, turns)):
+            step = len(turn)
             if r in self._grounding and step < len(self.script):
                 ids[i], changed = self.script[step], True
             elif r not in self._grounding and self.answer is not None and step < len(self.answer):
                 ids[i], changed = self.answer[step], True
             elif r not in self._grounding and self.answer_tokens is not None and step + 1 >= self.answer_tokens:
                 ids[i], changed = self.im_end_id, True
-        if changed:   # the policy's own log-probs (EOS unmasked), as QwenBackend._pick records them
+        if changed:   # the policy's own log-probs (EOS unmasked), as QwenBackend.pick records them
             scaled = logits / s.temperature if s.temperature > 0 else logits
             lps = torch.log_softmax(scaled, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        self._advance(ids.tolist())
         return ids, lps
-
-    def _advance(self, ids: list[int]) -> None:
-        """Drop the rows the decode loop is about to stop (same rules as QwenBackend._generate)."""
-        still = []
-        for r, tid in zip(self._active, ids):
-            turn = self._ids[r]
-            turn.append(tid)
-            if tid in self.eos_ids or len(turn) >= self._max_new:
-                continue
-            if r in self._grounding and "`" in self.tok.decode([tid]):
-                text = self.tok.decode(turn, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                if complete_fenced_box(text) is not None:
-                    continue
-            still.append(r)
-        self._active = still
-

@@ -187,7 +187,8 @@ class QwenBackend:
 
     # ----- the forward -----------------------------------------------------------------------
 
-    def _image_features(self, fed: list[FedImage]) -> torch.Tensor:
+    def image_features(self, fed: list[FedImage]) -> torch.Tensor:
+        """(tokens, hidden) the vision tower's merged features of the images, in order."""
         pixel_values = torch.cat([f.pixel_values for f in fed]).to(self.device, self.dtype)
         grid = torch.tensor([f.grid_thw for f in fed], device=self.device)
         out = self.core.model.get_image_features(pixel_values, grid)
@@ -229,7 +230,7 @@ class QwenBackend:
         ids, pos, new_attn = ids.to(self.device), pos.to(self.device), new_attn.to(self.device)
         embeds = self.core.model.get_input_embeddings()(ids)
         if fed:
-            feats = self._image_features(fed).to(embeds.dtype)
+            feats = self.image_features(fed).to(embeds.dtype)
             mask = (ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
             embeds = embeds.masked_scatter(mask, feats)
         attn = new_attn if convs.attn is None else torch.cat([convs.attn, new_attn], dim=1)
@@ -264,8 +265,15 @@ class QwenBackend:
 
     # ----- decoding --------------------------------------------------------------------------
 
-    def _pick(self, logits: torch.Tensor, s: Sampling, gen: torch.Generator | None):
-        """Sample (or argmax) the next tokens; returns ids and their log-probs (B,)."""
+    def pick(self, logits: torch.Tensor, s: Sampling, gen: torch.Generator | None, rows: list[int],
+             turns: list[list[int]]):
+        """Sample (or argmax) the next token of each decoding row; returns ids and their log-probs (B,).
+
+        ``logits`` (B, V): one row per decoding conversation row ``rows[i]``, whose tokens so far in
+        this turn are ``turns[i]``. The hook for backends that choose tokens otherwise (tests and
+        the benchmark force scripted text): whatever they return, the log-prob must be the
+        policy's own ``log_softmax(logits / T)[token]``, which the trainer recomputes. The decode
+        loop applies the stop rules (end of turn, length, a complete box) to what comes back."""
         scaled = logits / s.temperature if s.temperature > 0 else logits
         logp = torch.log_softmax(scaled, dim=-1)        # the policy's distribution (trainer recomputes it)
         masked = scaled.masked_fill(self.suppressed_ids(), float("-inf"))
@@ -322,7 +330,7 @@ class QwenBackend:
         out: dict[int, Generated] = {}
         row_index = torch.tensor(active, device=self.device)
         while active:
-            ids, lps = self._pick(logits[row_index], sampling, gen)
+            ids, lps = self.pick(logits[row_index], sampling, gen, active, [states[r].ids for r in active])
             ids_l, lps_l = ids.tolist(), lps.tolist()
             still = []
             for r, tid, lp in zip(active, ids_l, lps_l):

@@ -24,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+from .geometry import MAX_PIXELS, MIN_PIXELS
+
 # Qwen2.5-VL's chat template, as shipped with the released checkpoints.
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -48,8 +50,6 @@ SPECIAL_TOKENS = [
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
 
-MIN_PIXELS = 256 * 28 * 28    # 200,704: the paper's min_pixels
-MAX_PIXELS = 1280 * 28 * 28   # 1,003,520: the paper's max_pixels
 
 
 def _byte_symbols() -> list[str]:

@@ -2,9 +2,9 @@
 log-probs (fp32, CPU, tiny Qwen2.5-VL) on two-image rollouts — which proves the loss mask and the
 second image's M-RoPE positions are right.
 
-A random tiny model never writes a valid box, so turn 1 is forced: :class:`ForcedBox` overrides
-``QwenBackend._pick`` to emit a scripted box token by token in turn 1 while returning the real
-log-probs of those forced tokens; turn 2 samples normally at temperature 1.
+A random tiny model never writes a valid box, so turn 1 is forced: :class:`mgpo.forced.ForcedBackend`
+emits a scripted box token by token in turn 1 through the backend's public ``pick`` hook while
+returning the real log-probs of those forced tokens; turn 2 samples at temperature 1.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import noise_image
 
-from mgpo.generation import QwenBackend
+from mgpo.forced import ForcedBackend
 from train.config import TrainConfig
 from train.logprobs import collate, rope_positions, token_logprobs
 from train.loop import Trainer
@@ -25,32 +25,10 @@ BOX = '```json\n[{"bbox_2d": [28, 28, 140, 112]}]\n```'
 TURN2_SAMPLED = 6   # turn 2 samples this many tokens, then is ended with <|im_end|>
 
 
-class ForcedBox(QwenBackend):
-    """Turn 1 writes ``BOX`` (all rows); turn 2 samples ``TURN2_SAMPLED`` tokens and then ends with
-    ``<|im_end|>``. Every returned log-prob is the model's own for the token returned."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.script = self.tok(BOX, add_special_tokens=False)["input_ids"]
-        self.turn = 0
-        self.step = 0
-
-    def generate(self, convs, rows, sampling, stop_on_box=frozenset()):
-        self.turn += 1
-        self.step = 0
-        return (yield from super().generate(convs, rows, sampling, stop_on_box))
-
-    def _pick(self, logits, s, gen):
-        self.step += 1
-        if self.turn == 1:
-            forced = self.script[self.step - 1]
-        elif self.step > TURN2_SAMPLED:
-            forced = self.im_end_id                 # end turn 2 early (a policy token too)
-        else:
-            return super()._pick(logits, s, gen)
-        logp = torch.log_softmax(logits / s.temperature, dim=-1)
-        ids = torch.full((logits.shape[0],), forced, dtype=torch.long, device=logits.device)
-        return ids, logp.gather(-1, ids[:, None]).squeeze(-1)
+def ForcedBox(model, processor):
+    """Turn 1 writes ``BOX`` (all rows); turn 2 samples ``TURN2_SAMPLED`` tokens (end of turn
+    masked) and then ends with ``<|im_end|>``. Every log-prob is the model's own for its token."""
+    return ForcedBackend(model, processor, script=BOX, answer_tokens=TURN2_SAMPLED + 1)
 
 
 def write_data(folder, sizes) -> str:

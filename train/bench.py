@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from mgpo import geometry
 from mgpo.shapes import SHAPES_7B, SHAPES_TINY, build
 
 
@@ -33,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--image-size", type=int, nargs=2, default=(2000, 1500), metavar=("W", "H"))
-    p.add_argument("--max-pixels", type=int, default=1280 * 28 * 28)
-    p.add_argument("--min-pixels", type=int, default=256 * 28 * 28)
+    p.add_argument("--max-pixels", type=int, default=geometry.MAX_PIXELS)
+    p.add_argument("--min-pixels", type=int, default=geometry.MIN_PIXELS)
     p.add_argument("--no-gradient-checkpointing", action="store_true")
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)

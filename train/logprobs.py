@@ -15,7 +15,7 @@ WHOLE conversation (both turns, both images) — what the engine did in pieces w
 Only policy positions reach ``lm_head``: the hidden state before each policy token (mask 1) is
 gathered, projected in chunks (each chunk checkpointed, so full-vocab logits are never stored
 for the backward) and turned into ``log_softmax(logits / T)[token]`` — the same quantity the
-engine recorded while sampling (:meth:`mgpo.generation.QwenBackend._pick`). Prompt, image and
+engine recorded while sampling (:meth:`mgpo.generation.QwenBackend.pick`). Prompt, image and
 inserted user-turn positions never get vocabulary logits.
 """
 

@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import geometry
-from ..engine import DEFAULT_MODEL, Engine, InputError, Request
+from ..engine import DEFAULT_MODEL, Engine, InputError, Request, drain
 from ..events import TurnFinished
 from ..images import ImageError, load_image
 from ..rows import Sampling
@@ -242,13 +242,12 @@ def error_row(it: Item, message: str) -> dict:
 def _drain(stream) -> tuple[list, dict[int, int]]:
     """Run an engine stream to its end; the rollouts and the tokens generated per sample."""
     new_tokens: dict[int, int] = {}
-    while True:
-        try:
-            event = next(stream)
-        except StopIteration as done:
-            return done.value, new_tokens
+
+    def count(event) -> None:
         if isinstance(event, TurnFinished):
             new_tokens[event.sample] = new_tokens.get(event.sample, 0) + event.new_tokens
+
+    return drain(stream, count), new_tokens
 
 
 def _crop_only(engine: Engine, pairs, rollouts, cfg: EvalConfig) -> dict[int, dict]:

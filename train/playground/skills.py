@@ -115,6 +115,7 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
 
     import torch
 
+    from mgpo.engine import drain
     from mgpo.eval.scoring import iou
     from mgpo.parsing import find_bbox
     from mgpo.playground.skills import ground_examples, scene_examples
@@ -141,12 +142,7 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
             chunk = examples[k:k + 16]
             with torch.no_grad():
                 convs = example_prompts(backend, chunk, [system] * len(chunk))
-                gen = backend.generate(convs, list(range(len(chunk))), Sampling(max_new_tokens=cfg.max_new_tokens))
-                try:
-                    while True:
-                        next(gen)
-                except StopIteration as stop:
-                    outs = stop.value
+                outs = drain(backend.generate(convs, list(range(len(chunk))), Sampling(max_new_tokens=cfg.max_new_tokens)))
             for i, ex in enumerate(chunk):
                 text = outs[i].text
                 if ex.skill in ("ground", "task"):

@@ -109,7 +109,7 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
                 targets.append(token_target)
                 crops.append(backend.feed_image(crop))
                 details += detail_target
-            feats = backend._image_features(fed)                       # (B·tokens, hidden)
+            feats = backend.image_features(fed)                       # (B·tokens, hidden)
             logits = head(feats.float())
             colour = torch.tensor([v for t in targets for v in t[0]], device=backend.device)
             row = torch.tensor([v for t in targets for v in t[1]], device=backend.device)
@@ -122,7 +122,7 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
             lc = ce(logits[:, :n_col], colour) + ce(logits[on, :n_col], colour[on])
             lr_ = ce(logits[:, n_col:n_col + n_pos], row) + ce(logits[on, n_col:n_col + n_pos], row[on])
             lcol = ce(logits[:, n_col + n_pos:], col) + ce(logits[on, n_col + n_pos:], col[on])
-            dlogits = detail_head(backend._image_features(crops).float())
+            dlogits = detail_head(backend.image_features(crops).float())
             detail = torch.tensor(details, device=backend.device)
             striped = detail > 0        # the few tokens on the stripes, weighed as the card tokens are
             ld = ce(dlogits, detail) + ce(dlogits[striped], detail[striped])
@@ -159,9 +159,9 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     # probe's directions are kept, whitened (whiten_merger).
     with torch.no_grad():
         if cfg.vision_whiten:
-            whiten_merger(visual.merger.mlp[-1], torch.cat([backend._image_features(fed), backend._image_features(crops)]),
+            whiten_merger(visual.merger.mlp[-1], torch.cat([backend.image_features(fed), backend.image_features(crops)]),
                           torch.cat([head.weight, detail_head.weight]))
-        norm = backend._image_features(fed).norm(dim=-1).mean().item()
+        norm = backend.image_features(fed).norm(dim=-1).mean().item()
         target = (cfg.embed_std or 0.02) * core.config.text_config.hidden_size ** 0.5
         last = visual.merger.mlp[-1]
         last.weight.mul_(target / norm)

@@ -35,24 +35,25 @@ import logging
 import os
 import random
 import sys
-import threading
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from types import SimpleNamespace
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
-from mgpo.adapters import AdapterPolicy, AdapterStore
-from mgpo.engine import DEFAULT_MODEL, Engine, EngineConfig, InputError
-from mgpo.eval.scoring import iou
+from mgpo.adapters import AdapterPolicy
+from mgpo.engine import DEFAULT_MODEL, Engine, InputError
+from mgpo.geometry import BOX_RULES
 from mgpo.geometry import MAX_PIXELS, MIN_PIXELS
 from mgpo.images import ImageError, load_image
 from mgpo.model import ModelLoadError
-from mgpo.playground.release import DEFAULT_RELEASE, Release, ReleaseError, draw_boxes, summary_markdown
-from mgpo.playground.world import SPLITS, Budgets, make_scene, split_of, split_seeds
+from mgpo.playground.release import Release, ReleaseError, draw_boxes, summary_markdown
+from mgpo.playground.world import SPLITS, split_of, split_seeds
 from mgpo.prompts import LETTERS
+from mgpo.service import PlaygroundModel, Runner, Settings, load_playground, parse_seed, verdict
+from mgpo.service import scene as make_playground_scene
 from mgpo.transcript import Transcript
 
 log = logging.getLogger("mgpo.app")
@@ -137,112 +138,9 @@ def parse_args(argv: list[str] | None = None, environ: dict | None = None) -> Ap
                      a.playground, listed, a.any_adapter, a.max_adapters, a.adapter_max_mb, a.adapter_max_rank)
 
 
-@dataclass
-class Settings:
-    """One request's knobs (the "advanced" panel); ``None`` keeps the engine's default."""
-
-    max_turns: int = 2
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    temperature: float | None = None
-    max_new_tokens: int | None = None
-    box_rule: str | None = None
-
-    def overrides(self) -> dict:
-        out = dict(min_pixels=self.min_pixels, max_pixels=self.max_pixels, temperature=self.temperature,
-                   max_new_tokens=self.max_new_tokens, box_rule=self.box_rule)
-        return {k: v for k, v in out.items() if v is not None}
-
-
-# ----- the model side: engine runs and LoRA adapters -----------------------------------------
-
-
-class Runner:
-    """Runs the engine for the page: the MGPO conversation and, with ``compare``, the
-    single-turn baseline. :meth:`events` yields ``(run, event)`` with run ``"mgpo"`` or
-    ``"baseline"``; it is the function ZeroGPU gives a GPU to (``spaces.GPU``)."""
-
-    def __init__(self, engine: Engine, adapter: str | None = None, gpu_seconds: int = 120,
-                 policy: AdapterPolicy | None = None):
-        self.engine = engine
-        self.adapters = AdapterStore(engine, policy)
-        # the page's default adapter: the operator's, loaded as given
-        self.adapter = self.adapters.load(adapter, visitor=False) if adapter else None
-        self.events = spaces.GPU(duration=gpu_seconds)(self._events) if spaces else self._events
-
-    @property
-    def base_name(self) -> str:
-        return self.engine.name.split(" + ")[0]
-
-    def _events(self, image: Image.Image, question: str, choices: str | None, settings: Settings,
-                compare: bool = False, adapter: str | None = None):
-        runs = [("mgpo", dict(mode="mgpo", max_turns=settings.max_turns))]
-        if compare:
-            runs.append(("baseline", dict(mode="direct")))
-        with self.adapters.use(adapter):     # the model is this run's until it ends or is stopped
-            for run, kw in runs:
-                stream = self.engine.run(image, question, choices, **kw, **settings.overrides())
-                try:
-                    for event in stream:
-                        yield run, event
-                finally:
-                    stream.close()   # a stopped request stops generating here
-
-
-class PlaygroundModel:
-    """The playground release's model for the Playground tab, loaded on first use: the base-skills
-    checkpoint with the playground's pixel budgets, and every RL checkpoint's LoRA adapter on it
-    (:class:`mgpo.adapters.AdapterStore`, all held), switched per run. Runs go through a :class:`Runner`, as the Ask tab's do."""
-
-    SETTINGS = Settings(max_turns=2, temperature=0.0, max_new_tokens=96, **Budgets().engine())   # every run's
-    POLICY = AdapterPolicy(max_loaded=None)   # the release's own checkpoints, all held
-
-    def __init__(self, release: Release, engine: Engine | None = None, gpu_seconds: int = 120):
-        self.release = release                  # ``engine``: a prepared one (tests); else loaded on first use
-        self.gpu_seconds = gpu_seconds
-        self._runner = Runner(engine, gpu_seconds=gpu_seconds, policy=self.POLICY) if engine is not None else None
-        self._lock = threading.Lock()
-
-    @classmethod
-    def config(cls) -> EngineConfig:
-        return EngineConfig(max_turns=cls.SETTINGS.max_turns, **cls.SETTINGS.overrides())
-
-    @property
-    def runner(self) -> Runner:
-        with self._lock:
-            if self._runner is None:
-                log.info("loading the playground model %s", self.release.model)
-                runner = Runner(Engine.from_pretrained(str(self.release.model), config=self.config()),
-                                gpu_seconds=self.gpu_seconds, policy=self.POLICY)
-                for c in self.release.checkpoints:
-                    if c.adapter is not None:
-                        runner.adapters.load(str(c.adapter), visitor=False)
-                self._runner = runner
-        return self._runner
-
-    def events(self, scene, checkpoint: str):
-        """``(run, event)`` of an MGPO run on ``scene`` with the checkpoint named ``checkpoint``;
-        loading the model or the adapter happens on the first ``next`` (and may raise there)."""
-        adapter = self.release.checkpoint(checkpoint).adapter
-        yield from self.runner.events(scene.image, scene.question, scene.choices, self.SETTINGS, False,
-                                      str(adapter) if adapter else None)
-
-
-def load_playground(folder: str | None) -> Release | ReleaseError | None:
-    """The release for the Playground tab: ``folder``, or ``examples/playground`` when it exists;
-    None (no tab) without one or for "off". A release that does not load comes back as its
-    :class:`ReleaseError`, which the tab shows in place of the playground."""
-    if folder and folder.strip().lower() in ("off", "none", "no", "0"):
-        return None
-    if not folder:
-        if not DEFAULT_RELEASE.exists():
-            return None
-        folder = str(DEFAULT_RELEASE)
-    try:
-        return Release.load(folder)
-    except ReleaseError as e:
-        log.error("playground release: %s", e)
-        return e
+def gpu_wrapper(seconds: int):
+    """ZeroGPU's ``spaces.GPU(duration=seconds)`` on a Space; None elsewhere (no wrapping)."""
+    return spaces.GPU(duration=seconds) if spaces else None
 
 
 # ----- the page --------------------------------------------------------------------------------
@@ -281,14 +179,14 @@ def _adapter_rules(policy: AdapterPolicy) -> str:
 
 def _header(runner: Runner, adapter: str | None) -> str:
     lora = f" · LoRA **{adapter}**" if adapter else " · no adapter"
-    if (Path(runner.base_name) / "mgpo_tiny.json").is_file():
+    if (Path(runner.model_name) / "mgpo_tiny.json").is_file():
         lora += " · ⚠️ a tiny *random* test model (`python -m mgpo.tiny`): the page works, its answers are noise"
     return (
         "# MGPO · look, zoom, answer\n"
         "Multi-turn grounding for high-resolution images ([arXiv 2507.05920](https://arxiv.org/abs/2507.05920)): "
         "the model first marks the key area of the full image, the app cuts it from the original at full "
         "resolution, and the model answers looking at the zoomed crop.\n\n"
-        f"Model: **{runner.base_name}**{lora}"
+        f"Model: **{runner.model_name}**{lora}"
     )
 
 
@@ -329,6 +227,68 @@ def follow(view: Transcript, stream, update_every: float):
         stream.close()
 
 
+def _ask_tab(runner: Runner, examples: list[list]) -> SimpleNamespace:
+    """The Ask tab's components (inside the open ``gr.Tab``), by name."""
+    policy = runner.adapters.policy
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=340):
+            image = keep_upload_path(gr.Image(label="Image (upload, paste or drag)", type="filepath", height=300,
+                                              sources=["upload", "clipboard"], image_mode=None, elem_id="image"))
+            question = gr.Textbox(label="Question", placeholder="What is written on the small sign?", lines=2, elem_id="question")
+            choices = gr.Textbox(label="Answer choices (optional, one per line)", lines=3,
+                                 placeholder="LB MA 864\nLB MA 846\n…", elem_id="choices")
+            max_turns = gr.Slider(2, 3, value=2, step=1, label="Max turns", info="2 = the paper; 3 = one more zoom")
+            compare = gr.Checkbox(label="Compare with the single-turn baseline (no zoom)", value=False, elem_id="compare")
+            with gr.Row():
+                run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Accordion("Advanced", open=False):
+                with gr.Row():
+                    min_pixels = gr.Number(MIN_PIXELS, label="Min pixels", precision=0, info="256·28·28: smaller crops are enlarged")
+                    max_pixels = gr.Number(MAX_PIXELS, label="Max pixels", precision=0, info="1280·28·28: the overview's budget")
+                temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
+                max_new_tokens = gr.Slider(16, 4096, value=1024, step=16, label="Max new tokens per turn")
+                box_rule = gr.Dropdown(list(BOX_RULES), value="paper", label="Box rule",
+                                       info="paper: refuse out-of-bounds or tiny boxes; clamp / pad: repair them")
+            with gr.Accordion("LoRA adapter", open=False):
+                adapter_box = gr.Dropdown(
+                    # custom values reach the handler, whose store says which rule refuses them
+                    list(policy.allowed), value=runner.adapter, allow_custom_value=True,
+                    label="Adapter" + (" (pick one, or type a Hub id: user/name)" if policy.any_hub else ""),
+                    info=_adapter_rules(policy), elem_id="adapter")
+                with gr.Row():
+                    load_btn = gr.Button("Load adapter", size="sm")
+                    base_btn = gr.Button("Use the base model", size="sm")
+                adapter_status = gr.Markdown("")
+        with gr.Column(scale=6, min_width=420):
+            status = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
+            with gr.Row():
+                answer_mgpo = gr.Textbox(label="MGPO answer (zoom)", interactive=False, elem_id="answer-mgpo",
+                                         elem_classes=["answer", "answer-mgpo"])
+                answer_base = gr.Textbox(label="Single-turn baseline answer", interactive=False, elem_id="answer-base",
+                                         elem_classes=["answer"], placeholder="tick Compare to run it")
+            with gr.Row(equal_height=True):
+                boxes = gr.Image(label="Predicted boxes on the full image", interactive=False, height=340,
+                                 format="jpeg", elem_id="boxes", buttons=["fullscreen"])
+                crops = gr.Gallery(label="Crops, as fed to the model", columns=1, height=340, object_fit="contain",
+                                   format="jpeg", elem_id="crops", allow_preview=True)
+            chat = gr.Chatbot(label="Transcript", height=420, elem_id="transcript", group_consecutive_messages=False,
+                              placeholder="Each turn streams here as a titled step: the grounding turn and its JSON box, "
+                                          "the cropped region, the answer turn.", feedback_options=None,
+                              buttons=["copy_all"])
+            stats = gr.Dataframe(headers=Transcript.STATS_HEADERS, label="Cost per turn", interactive=False,
+                                 elem_id="stats", wrap=True,
+                                 column_widths=["12%", "8%", "13%", "13%", "14%", "14%", "13%", "13%"])
+            summary = gr.Markdown("", elem_id="summary")
+    if examples:
+        gr.Examples(examples, inputs=[image, question, choices], cache_examples=False, examples_per_page=8,
+                    label="Examples: large scenes whose detail needs a zoom (click one to load it)")
+    gr.Markdown("The model only sees a resized overview (≤ 1280·28·28 pixels). Boxes are read in that frame "
+                "and mapped back to the original; crops are cut from the full-resolution upload.",
+                elem_id="footnote")
+    return SimpleNamespace(**{k: v for k, v in locals().items() if isinstance(v, gr.components.Component)})
+
+
 def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, queue_size: int = 16,
                concurrency: int = 1, update_every: float = 0.08,
                playground: Release | PlaygroundModel | ReleaseError | None = None) -> gr.Blocks:
@@ -358,8 +318,6 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
         finally:
             updates.close()   # a stopped request stops generating here
 
-    policy = runner.adapters.policy
-
     def load_adapter(adapter_id):
         adapter_id = (adapter_id or "").strip()
         try:        # every rule is the store's: the API refuses what the page refuses
@@ -376,78 +334,24 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
         header = gr.Markdown(_header(runner, runner.adapter), elem_id="header")
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Ask", id="ask", elem_id="tab-ask"):
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=4, min_width=340):
-                        image = keep_upload_path(gr.Image(label="Image (upload, paste or drag)", type="filepath", height=300,
-                                                          sources=["upload", "clipboard"], image_mode=None, elem_id="image"))
-                        question = gr.Textbox(label="Question", placeholder="What is written on the small sign?", lines=2, elem_id="question")
-                        choices = gr.Textbox(label="Answer choices (optional, one per line)", lines=3,
-                                             placeholder="LB MA 864\nLB MA 846\n…", elem_id="choices")
-                        max_turns = gr.Slider(2, 3, value=2, step=1, label="Max turns", info="2 = the paper; 3 = one more zoom")
-                        compare = gr.Checkbox(label="Compare with the single-turn baseline (no zoom)", value=False, elem_id="compare")
-                        with gr.Row():
-                            run_btn = gr.Button("Run", variant="primary", elem_id="run")
-                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                        with gr.Accordion("Advanced", open=False):
-                            with gr.Row():
-                                min_pixels = gr.Number(MIN_PIXELS, label="Min pixels", precision=0, info="256·28·28: smaller crops are enlarged")
-                                max_pixels = gr.Number(MAX_PIXELS, label="Max pixels", precision=0, info="1280·28·28: the overview's budget")
-                            temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
-                            max_new_tokens = gr.Slider(16, 4096, value=1024, step=16, label="Max new tokens per turn")
-                            box_rule = gr.Dropdown(["paper", "clamp", "pad", "clamp+pad"], value="paper", label="Box rule",
-                                                   info="paper: refuse out-of-bounds or tiny boxes; clamp / pad: repair them")
-                        with gr.Accordion("LoRA adapter", open=False):
-                            adapter_box = gr.Dropdown(
-                                # custom values reach the handler, whose store says which rule refuses them
-                                list(policy.allowed), value=runner.adapter, allow_custom_value=True,
-                                label="Adapter" + (" (pick one, or type a Hub id: user/name)" if policy.any_hub else ""),
-                                info=_adapter_rules(policy), elem_id="adapter")
-                            with gr.Row():
-                                load_btn = gr.Button("Load adapter", size="sm")
-                                base_btn = gr.Button("Use the base model", size="sm")
-                            adapter_status = gr.Markdown("")
-                    with gr.Column(scale=6, min_width=420):
-                        status = gr.Markdown("Pick an example or upload an image, then press **Run**.", elem_id="status")
-                        with gr.Row():
-                            answer_mgpo = gr.Textbox(label="MGPO answer (zoom)", interactive=False, elem_id="answer-mgpo",
-                                                     elem_classes=["answer", "answer-mgpo"])
-                            answer_base = gr.Textbox(label="Single-turn baseline answer", interactive=False, elem_id="answer-base",
-                                                     elem_classes=["answer"], placeholder="tick Compare to run it")
-                        with gr.Row(equal_height=True):
-                            boxes = gr.Image(label="Predicted boxes on the full image", interactive=False, height=340,
-                                             format="jpeg", elem_id="boxes", buttons=["fullscreen"])
-                            crops = gr.Gallery(label="Crops, as fed to the model", columns=1, height=340, object_fit="contain",
-                                               format="jpeg", elem_id="crops", allow_preview=True)
-                        chat = gr.Chatbot(label="Transcript", height=420, elem_id="transcript", group_consecutive_messages=False,
-                                          placeholder="Each turn streams here as a titled step: the grounding turn and its JSON box, "
-                                                      "the cropped region, the answer turn.", feedback_options=None,
-                                          buttons=["copy_all"])
-                        stats = gr.Dataframe(headers=Transcript.STATS_HEADERS, label="Cost per turn", interactive=False,
-                                             elem_id="stats", wrap=True,
-                                             column_widths=["12%", "8%", "13%", "13%", "14%", "14%", "13%", "13%"])
-                        summary = gr.Markdown("", elem_id="summary")
-                if examples:
-                    gr.Examples(examples, inputs=[image, question, choices], cache_examples=False, examples_per_page=8,
-                                label="Examples: large scenes whose detail needs a zoom (click one to load it)")
-                gr.Markdown("The model only sees a resized overview (≤ 1280·28·28 pixels). Boxes are read in that frame "
-                            "and mapped back to the original; crops are cut from the full-resolution upload.",
-                            elem_id="footnote")
+                c = _ask_tab(runner, examples)
             if playground is not None:
                 with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
                     _playground_tab(playground, concurrency, update_every)
 
-        outputs = [status, chat, boxes, crops, answer_mgpo, answer_base, stats, summary]
-        inputs = [image, question, choices, max_turns, compare, min_pixels, max_pixels, temperature,
-                  max_new_tokens, box_rule, adapter_state]
-        clear = gr.on([run_btn.click, question.submit], _reset, outputs=outputs, queue=False, api_name=False)
+        outputs = [c.status, c.chat, c.boxes, c.crops, c.answer_mgpo, c.answer_base, c.stats, c.summary]
+        inputs = [c.image, c.question, c.choices, c.max_turns, c.compare, c.min_pixels, c.max_pixels, c.temperature,
+                  c.max_new_tokens, c.box_rule, adapter_state]
+        clear = gr.on([c.run_btn.click, c.question.submit], _reset, outputs=outputs, queue=False, api_name=False)
         event = clear.then(run, inputs=inputs, outputs=outputs, api_name="run",
                            concurrency_limit=concurrency, concurrency_id="model")
         # cancel first, then say so: a status update still in flight from the run cannot overwrite it
-        stop_btn.click(None, cancels=[event], queue=False).then(
-            lambda: "Stopped.", outputs=[status], queue=False, api_name="stop")
-        load_btn.click(load_adapter, inputs=[adapter_box], outputs=[adapter_state, header, adapter_status],
-                       api_name="load_adapter", concurrency_limit=concurrency, concurrency_id="model")
-        base_btn.click(base_model, outputs=[adapter_state, header, adapter_status], api_name="base_model", queue=False)
+        c.stop_btn.click(None, cancels=[event], queue=False).then(
+            lambda: "Stopped.", outputs=[c.status], queue=False, api_name="stop")
+        c.load_btn.click(load_adapter, inputs=[c.adapter_box], outputs=[adapter_state, header, c.adapter_status],
+                         api_name="load_adapter", concurrency_limit=concurrency, concurrency_id="model")
+        c.base_btn.click(base_model, outputs=[adapter_state, header, c.adapter_status], api_name="base_model",
+                         queue=False)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo
 
@@ -477,22 +381,6 @@ RELEASE_HELP = (
 )
 
 
-@lru_cache(maxsize=4)
-def _scene(seed: int):
-    return make_scene(seed)
-
-
-def _seed(value) -> int:
-    """The seed in the box as an int, or ValueError saying what a seed is."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError("type a scene seed or press New scene") from None
-    if not number.is_integer() or not 0 <= number < 2**31:
-        raise ValueError(f"a scene seed is a whole number from 0 to {2**31 - 1:,} (got {value})")
-    return int(number)
-
-
 def _scene_markdown(scene) -> str:
     """The question and its choices; the answer stays hidden until a run ends."""
     note = SPLIT_NOTES.get(split_of(scene.seed), "outside every seed split")
@@ -501,23 +389,20 @@ def _scene_markdown(scene) -> str:
 
 
 def _verdict(scene, view: Transcript) -> tuple[str, tuple | None]:
-    """The result line (the answer right or wrong; the IoU of the first valid box with the hidden
-    box of the target card) and that box, ``(x1, y1, x2, y2)`` in original pixels, or None."""
-    final = view.runs["mgpo"].final if "mgpo" in view.runs else None
-    truth = f"**{scene.answer} — {scene.choices[LETTERS.index(scene.answer)]}**"
-    if final is not None and final.letter == scene.answer:
-        line = f"✅ **Right**: the model answered {truth}."
-    elif final is not None and final.letter:
-        line = f"❌ **Wrong**: the model answered {view.answer('mgpo')}; the answer is {truth}."
+    """The result line of a playground run and its first valid box (original pixels) or None."""
+    v = verdict(scene, view.runs["mgpo"].final if "mgpo" in view.runs else None,
+                [e for run, e, _ in view.boxes if run == "mgpo"])
+    if v.right:
+        line = f"✅ **Right**: the model answered **{v.truth}**."
+    elif v.letter:
+        line = f"❌ **Wrong**: the model answered {view.answer('mgpo')}; the answer is **{v.truth}**."
     else:
-        line = f"❌ **Wrong**: the model gave no choice letter; the answer is {truth}."
-    marked = [e for run, e, _ in view.boxes if run == "mgpo"]
-    box = next((e.box_original for e in marked if e.valid), None)
-    if box is not None:
-        line += f" IoU of its box with the hidden {scene.name}: **{iou(box, scene.box):.2f}**."
+        line = f"❌ **Wrong**: the model gave no choice letter; the answer is **{v.truth}**."
+    if v.box is not None:
+        line += f" IoU of its box with the hidden {scene.name}: **{v.iou:.2f}**."
     else:
-        line += f" No usable box ({marked[0].reason if marked else 'none given'}), so no IoU."
-    return line, box
+        line += f" No usable box ({v.no_box_reason}), so no IoU."
+    return line, v.box
 
 
 def _playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_every: float) -> None:
@@ -536,7 +421,7 @@ def _playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update
                 seed = gr.Number(first, label="Scene seed", precision=0, elem_id="pg-seed",
                                  info=f"test scenes {lo:,}–{hi - 1:,}; Enter shows one")
                 new_btn = gr.Button("New scene", elem_id="pg-new", scale=0, min_width=140)
-            scene_md = gr.Markdown(_scene_markdown(_scene(first)), elem_id="pg-scene")
+            scene_md = gr.Markdown(_scene_markdown(make_playground_scene(first)), elem_id="pg-scene")
             checkpoint = gr.Radio([(f"{c.name} (step {c.step})", c.name) for c in release.checkpoints],
                                   value=release.default, label="Checkpoint", elem_id="pg-checkpoint",
                                   info="step 0 = the base-skills model; later steps add MGPO RL's LoRA adapter")
@@ -549,7 +434,7 @@ def _playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update
             result = gr.Markdown("", elem_id="pg-result")
         with gr.Column(scale=6, min_width=420):
             with gr.Row(equal_height=True):
-                boxes = gr.Image(draw_boxes(_scene(first).image, None, None), interactive=False, height=380,
+                boxes = gr.Image(draw_boxes(make_playground_scene(first).image, None, None), interactive=False, height=380,
                                  label="Boxes: model (orange), truth (green)",
                                  format="jpeg", elem_id="pg-boxes", buttons=["fullscreen"])
                 crops = gr.Gallery(label="Crop, as fed to the model", columns=1, height=380, object_fit="contain",
@@ -562,14 +447,14 @@ def _playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update
 
     def show(seed_value):
         try:
-            scene = _scene(_seed(seed_value))
+            scene = make_playground_scene(parse_seed(seed_value))
         except ValueError as e:
             return (_warn(str(e)),) + (skip,) * 6
         return ("Press **Run**.", _scene_markdown(scene), [], draw_boxes(scene.image, None, None), [], "", "")
 
     def run(seed_value, name):
         try:
-            scene = _scene(_seed(seed_value))
+            scene = make_playground_scene(parse_seed(seed_value))
             ckpt = release.checkpoint(name or release.default)
         except ValueError as e:
             yield (_warn(str(e)),) + (skip,) * 6
@@ -741,10 +626,12 @@ def make_app(cfg: AppConfig) -> gr.Blocks:
     """Load the model and build the page (with the Playground tab when a release is found), or the
     page explaining why the model could not be loaded."""
     playground = load_playground(cfg.playground)
+    if isinstance(playground, ReleaseError):
+        log.error("playground release: %s", playground)
     if isinstance(playground, Release):
-        playground = PlaygroundModel(playground, gpu_seconds=cfg.gpu_seconds)
+        playground = PlaygroundModel(playground, gpu=gpu_wrapper(cfg.gpu_seconds))
     try:
-        runner = Runner(Engine.from_pretrained(cfg.model), cfg.adapter, cfg.gpu_seconds, cfg.adapter_policy())
+        runner = Runner(Engine.from_pretrained(cfg.model), cfg.adapter, cfg.adapter_policy(), gpu_wrapper(cfg.gpu_seconds))
     except ModelLoadError as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

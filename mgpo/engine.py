@@ -135,10 +135,12 @@ class _Sample:
 class Engine:
     """MGPO inference over a backend (a real Qwen2.5-VL, or a scripted stand-in in tests)."""
 
-    def __init__(self, backend, config: EngineConfig | None = None, name: str = "model"):
+    def __init__(self, backend, config: EngineConfig | None = None, name: str = "model",
+                 model_name: str | None = None):
         self.backend = backend
         self.config = config or EngineConfig()
-        self.name = name
+        self.name = name                            # what ran: "model + adapter"
+        self.model_name = model_name or name        # the base model: Hub id or directory
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, adapter: str | None = None,
@@ -150,7 +152,7 @@ class Engine:
         config = config or EngineConfig()
         loaded = load_model(model, adapter, min_pixels=config.min_pixels, max_pixels=config.max_pixels, **load_kwargs)
         name = model + (f" + {adapter}" if adapter else "")
-        return cls(QwenBackend(loaded.model, loaded.processor, kv_reuse=kv_reuse), config, name=name)
+        return cls(QwenBackend(loaded.model, loaded.processor, kv_reuse=kv_reuse), config, name=name, model_name=model)
 
     # ----- public calls -----------------------------------------------------------------------
 

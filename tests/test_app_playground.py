@@ -300,8 +300,10 @@ def test_the_app_without_a_release_has_no_playground_tab(monkeypatch, tmp_path):
     demo = app.build_demo(scripted_engine(), examples=[])
     assert tab_labels(demo) == ["Ask"]
     assert not any("playground" in str(d.get("api_name")) for d in demo.get_config_file()["dependencies"])
-    monkeypatch.setattr(app, "DEFAULT_RELEASE", tmp_path / "no-release")
-    assert app.load_playground(None) is None and app.load_playground("off") is None
+    from mgpo import service
+
+    monkeypatch.setattr(service, "DEFAULT_RELEASE", tmp_path / "no-release")
+    assert service.load_playground(None) is None and service.load_playground("off") is None
 
 
 def test_a_broken_release_shows_its_error_in_the_tab_and_the_ask_tab_works(tmp_path):

@@ -129,6 +129,9 @@ class Budgets:
         return {"min_pixels": self.crop_min_pixels, "max_pixels": self.overview_max_pixels}
 
 
+MAX_NEW_TOKENS = 96   # per turn for the playground's small model: a bbox_2d JSON block is ≈ 80 tokens
+
+
 @dataclass(frozen=True)
 class Card:
     colour: str

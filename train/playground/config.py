@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mgpo.playground.world import N_CARDS
+from mgpo.playground.world import MAX_NEW_TOKENS, N_CARDS
 
 from ..config import LR_SCHEDULES
 
@@ -111,7 +111,7 @@ class RecipeConfig:
     rl_schedule: str = "constant"     # constant | cosine (down to 0 at the last step) | linear
     lora_r: int = 64                  # LoRA rank (alpha = rank) on the language model
     kl_coef: float = 0.0              # the small model's base is our own SFT; no KL anchor needed
-    max_new_tokens: int = 96          # per turn: a bbox_2d JSON block is ≈ 80 byte tokens
+    max_new_tokens: int = MAX_NEW_TOKENS   # per turn: a bbox_2d JSON block is ≈ 80 byte tokens
     rl_temperature: float = 1.0       # rollout temperature (the paper's 1.0)
     entropy_coef: float = 0.0         # with all-equal rewards the bonus alone moves the policy (observed)
     # eval (mgpo.eval on held-out test seeds)

@@ -1,11 +1,11 @@
-"""`python -m mgpo.bench` as a CPU dry run (tiny shapes): every case runs and gives finite numbers."""
+"""`python -m bench` (also `python -m mgpo.bench`) as a CPU dry run (tiny shapes): every case runs and gives finite numbers."""
 
 import json
 import math
 
 import pytest
 
-from mgpo import bench
+from bench import speed as bench
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_bad_arguments_give_a_clear_error(capsys):
 
 
 def test_train_bench_uses_the_same_builder_and_still_runs(tmp_path, one_thread):
-    from mgpo import shapes
+    from bench import shapes
     from train import bench as train_bench
 
     assert train_bench.build is shapes.build and train_bench.SHAPES_TINY is shapes.SHAPES_TINY

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mgpo.engine import Engine, EngineConfig, Request
-from mgpo.forced import ForcedBackend
+from bench.forced import ForcedBackend
 from mgpo.generation import QwenBackend
 from mgpo.rows import Sampling
 

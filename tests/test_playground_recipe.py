@@ -50,7 +50,7 @@ def test_zoom_example_is_the_engines_two_turn_conversation(tiny_loaded):
     """The two-turn reading example, token for token, is what the engine feeds before its turn 2
     when turn 1 replied with the example's box: the same overview, reply, crop and prompts."""
     from mgpo.engine import Engine, EngineConfig, Request
-    from mgpo.forced import ForcedBackend
+    from bench.forced import ForcedBackend
     from mgpo.playground.skills import scene_examples
     from mgpo.playground.world import PATTERNS, Budgets, make_scene
     from mgpo.prompts import get_prompts, register, with_name

@@ -18,7 +18,7 @@ import torch
 
 from mgpo import geometry
 from mgpo.engine import Engine, EngineConfig, Request
-from mgpo.forced import ForcedBackend
+from bench.forced import ForcedBackend
 from mgpo.generation import QwenBackend
 from mgpo.parsing import parse_bbox
 from mgpo.prompts import PAPER, names, get_prompts, render, user_message
@@ -233,7 +233,7 @@ def test_a_fine_tune_with_other_stop_ids_stops_on_them(qwen_loaded):
 def test_our_model_calls_use_no_deprecated_transformers_api(qwen_loaded):
     """Engine decode (KV cache), the plain-transformers baseline and the training forward raise
     none of transformers' deprecation warnings (``past_key_values=`` goes in 5.40)."""
-    from mgpo.baseline import Baseline
+    from bench.baseline import Baseline
     from train.logprobs import collate, token_logprobs
 
     backend = ForcedBackend(qwen_loaded.model, qwen_loaded.processor, script=BOX, answer_tokens=3)

@@ -2,7 +2,7 @@
 log-probs (fp32, CPU, tiny Qwen2.5-VL) on two-image rollouts — which proves the loss mask and the
 second image's M-RoPE positions are right.
 
-A random tiny model never writes a valid box, so turn 1 is forced: :class:`mgpo.forced.ForcedBackend`
+A random tiny model never writes a valid box, so turn 1 is forced: :class:`bench.forced.ForcedBackend`
 emits a scripted box token by token in turn 1 through the backend's public ``pick`` hook while
 returning the real log-probs of those forced tokens; turn 2 samples at temperature 1.
 """
@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import noise_image
 
-from mgpo.forced import ForcedBackend
+from bench.forced import ForcedBackend
 from train.config import TrainConfig
 from train.logprobs import collate, rope_positions, token_logprobs
 from train.loop import Trainer

@@ -4,7 +4,7 @@ peak GPU memory and step time, without downloading weights.
     python -m train.bench --shapes 7b --steps 3 --group-size 8 --prompts-per-step 2 --max-new-tokens 256
     python -m train.bench --shapes tiny --steps 1          # the same path on CPU, in seconds
 
-The model is built in memory by :func:`mgpo.shapes.build` (the 7B shapes on the GPU in bf16).
+The model is built in memory by :func:`bench.shapes.build` (the 7B shapes on the GPU in bf16).
 Random weights write noise: turn 1's box is never valid, so every rollout takes the fallback
 path with the full overview twice (the longest sequences MGPO produces) and every turn runs to
 ``max_new_tokens``.
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from mgpo import geometry
-from mgpo.shapes import SHAPES_7B, SHAPES_TINY, build
+from bench.shapes import SHAPES_7B, SHAPES_TINY, build
 
 
 def main(argv: list[str] | None = None) -> int:

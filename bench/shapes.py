@@ -1,7 +1,7 @@
 """A random-weight Qwen2.5-VL with given shapes (Qwen2.5-VL-7B's, or tiny ones), built in memory.
 
 No weights can be downloaded where the speed and memory benchmarks run, and speed does not
-depend on the weights, so ``python -m mgpo.bench`` and ``python -m train.bench`` time a model
+depend on the weights, so ``python -m bench`` and ``python -m train.bench`` time a model
 built from the published Qwen2.5-VL-7B-Instruct config (28 layers × 3584 hidden, 28 heads / 4 KV
 heads, MLP 18944, vocab 152064, M-RoPE sections [16, 24, 24]; vision tower 32 blocks × 1280,
 window attention with full attention at blocks 7/15/23/31) with the byte-level tokenizer of

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .generation import QwenBackend
+from mgpo.generation import QwenBackend
 
 
 class ForcedBackend(QwenBackend):

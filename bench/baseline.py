@@ -18,10 +18,7 @@ import time
 
 import torch
 
-from .generation import cache_keyword
-
-LM_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
+from mgpo.generation import cache_keyword
 
 class Baseline:
     """Plain forward loops over a ``Qwen2_5_VLForConditionalGeneration`` (no peft wrapper)."""

@@ -163,7 +163,7 @@ def test_rewards_and_metrics_from_scripted_rollouts():
     img = noise_image(800, 600)
     rollouts = engine.rollout([Request(img, "What color?", ["blue", "red", "green"], "B"),
                                Request(img, "What color?", ["blue", "red", "green"], "B")], group_size=2)
-    items = [Item(img, "What color?", ["blue", "red", "green"], "B", str(i)) for i in range(2)]
+    items = [Item(str(i), "What color?", ["blue", "red", "green"], "B", img) for i in range(2)]
     comps = [completion(r, 3, 64) for r in rollouts]
     spec = RewardSpec({"accuracy": 1.0, "valid_box": 0.5})
     scored = [spec.score(c, "B") for c in comps]

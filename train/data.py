@@ -21,31 +21,14 @@ per rule, with the first few line numbers / ids, for the log.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mgpo.eval.datasets import DataError as EvalDataError
-from mgpo.eval.datasets import answer_to_letter
-from mgpo.prompts import LETTERS, strip_letter
+from mgpo.data import FIELDS, DataError, Item, RecordError, jsonl_records, mme_records, parse_record
 
-FIELDS = ("image", "question", "choices", "answer", "id")
-MAX_QUESTION_CHARS = 4000   # the engine refuses longer questions (EngineConfig.max_question_chars)
-
-
-class DataError(ValueError):
-    """Data that cannot be used at all, with what to fix."""
-
-
-@dataclass
-class Item:
-    image: object                   # a path (str), bytes, or a PIL image
-    question: str
-    choices: list[str] | None
-    answer: str                     # ground-truth letter ("B"), or free text for open questions
-    id: str
+__all__ = ["DataError", "Item", "Report", "Sampler", "load_items"]   # the record type and error are mgpo.data's
 
 
 @dataclass
@@ -75,46 +58,6 @@ class Report:
         return s
 
 
-def _check(rec: dict, where: str, report: Report, resolve) -> Item | None:
-    """Validate one record in our field names; returns None (and counts why) when unusable."""
-    question = rec.get("question")
-    if not isinstance(question, str) or not question.strip():
-        report.skip("missing question", where)
-        return None
-    if len(question.strip()) > MAX_QUESTION_CHARS:
-        report.skip("question too long", where)
-        return None
-    if rec.get("image") is None or rec.get("image") == "":
-        report.skip("missing image", where)
-        return None
-    choices = rec.get("choices")
-    if choices is not None:
-        if isinstance(choices, str):
-            choices = [c for c in choices.splitlines() if c.strip()]
-        if not isinstance(choices, (list, tuple)) or not all(isinstance(c, (str, int, float)) for c in choices) \
-                or not (2 <= len(choices) <= len(LETTERS)):
-            report.skip("bad choices", where)
-            return None
-        choices = [str(c) for c in choices]
-    answer = rec.get("answer")
-    if answer is None or str(answer).strip() == "":
-        report.skip("missing answer", where)
-        return None
-    answer = str(answer).strip()
-    if choices:
-        try:
-            answer = answer_to_letter(answer, [strip_letter(c, LETTERS[i]) for i, c in enumerate(choices)], where)
-        except EvalDataError:
-            report.skip("bad answer", where)
-            return None
-    image = resolve(rec["image"])
-    if image is None:
-        report.skip("image not found", where)
-        return None
-    rid = rec.get("id")
-    return Item(image, question.strip(), choices, answer, str(rid) if rid is not None else where)
-
-
 def _path_resolver(root: Path):
     def resolve(value):
         if isinstance(value, (bytes, bytearray)):
@@ -133,61 +76,39 @@ def _path_resolver(root: Path):
     return resolve
 
 
+def _keep(records, report: Report, max_records: int) -> list[Item]:
+    """The trainer's policy on bad records: skip each one, counted by its rule, and go on."""
+    items: list[Item] = []
+    for place, x in records:
+        report.total += 1
+        if isinstance(x, RecordError):
+            report.skip(x.rule, place)
+            continue
+        items.append(x)
+        if max_records and len(items) >= max_records:
+            break
+    report.kept = len(items)
+    return items
+
+
+def _line(n: int, rec: dict | None) -> str:
+    return f"line {n}" + (f" (id {rec['id']})" if rec and rec.get("id") is not None else "")
+
+
 def load_jsonl(path: str | Path, max_records: int = 0) -> tuple[list[Item], Report]:
     path = Path(path)
     report = Report(str(path))
-    resolve = _path_resolver(path.parent)
-    items: list[Item] = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            report.total += 1
-            where = f"line {n}"
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                report.skip("invalid JSON", where)
-                continue
-            if not isinstance(rec, dict):
-                report.skip("not an object", where)
-                continue
-            item = _check(rec, where if rec.get("id") is None else f"line {n} (id {rec['id']})", report, resolve)
-            if item is not None:
-                items.append(item)
-                if max_records and len(items) >= max_records:
-                    break
-    report.kept = len(items)
-    return items, report
+    records = jsonl_records(path, _path_resolver(path.parent), where=_line)
+    return _keep(records, report, max_records), report
 
 
 def load_mme_realworld(path: str | Path, image_root: str | Path | None = None,
                        max_records: int = 0) -> tuple[list[Item], Report]:
     path = Path(path)
     report = Report(str(path))
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise DataError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path} is not MME-RealWorld JSON (expected a list of questions)")
     resolve = _path_resolver(Path(image_root) if image_root else path.parent)
-    items: list[Item] = []
-    for n, rec in enumerate(data):
-        report.total += 1
-        if not isinstance(rec, dict):
-            report.skip("not an object", f"item {n}")
-            continue
-        qid = rec.get("Question_id", n)
-        mapped = {"image": rec.get("Image"), "question": rec.get("Text"), "choices": rec.get("Answer choices"),
-                  "answer": rec.get("Ground truth"), "id": qid}
-        item = _check(mapped, f"id {qid}", report, resolve)
-        if item is not None:
-            items.append(item)
-            if max_records and len(items) >= max_records:
-                break
-    report.kept = len(items)
-    return items, report
+    records = mme_records(path, resolve, where=lambda n, rec: f"id {rec.get('Question_id', n)}" if rec else f"item {n}")
+    return _keep(records, report, max_records), report
 
 
 def load_hf(name: str, split: str = "train", columns: dict | None = None, image_root: str | Path | None = None,
@@ -214,18 +135,17 @@ def load_hf(name: str, split: str = "train", columns: dict | None = None, image_
                         "pass a mapping, e.g. --columns image=img,question=query,answer=label")
     report = Report(f"{name} [{split}]")
     resolve = _path_resolver(Path(image_root) if image_root else Path.cwd())
-    items: list[Item] = []
-    for n, row in enumerate(ds):
-        report.total += 1
-        mapped = {f: row.get(columns.get(f, f)) for f in FIELDS}
-        where = f"row {n}" + (f" (id {mapped['id']})" if mapped.get("id") is not None else "")
-        item = _check(mapped, where, report, resolve)
-        if item is not None:
-            items.append(item)
-            if max_records and len(items) >= max_records:
-                break
-    report.kept = len(items)
-    return items, report
+
+    def records():
+        for n, row in enumerate(ds):
+            mapped = {f: row.get(columns.get(f, f)) for f in FIELDS}
+            where = f"row {n}" + (f" (id {mapped['id']})" if mapped.get("id") is not None else "")
+            try:
+                yield where, parse_record(mapped, where, resolve)
+            except RecordError as e:
+                yield where, e
+
+    return _keep(records(), report, max_records), report
 
 
 def detect_format(data: str) -> str:

@@ -24,6 +24,7 @@ wrapped in DDP (the engine calls sub-modules directly, which a DDP wrapper would
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -158,7 +159,7 @@ class Trainer:
             except ValueError as e:                    # an aspect ratio Qwen2.5-VL refuses
                 self._skip("image shape", item, e)
                 continue
-            out.append(Item(image, item.question, item.choices, item.answer, item.id))
+            out.append(dataclasses.replace(item, image=image))
         if len(out) == n:
             return out
         raise RuntimeError(f"not enough usable images left in the data (skipped: {self.skipped})")

@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
 
-from PIL import Image
 
-from ..prompts import LETTERS, strip_letter
+from ..data import DataError, Item, clean_choices, json_lines, jsonl_records, letter, mme_records, question_text
+from ..prompts import LETTERS
 
 BENCHMARKS = ("vstar", "hrbench", "mme-realworld", "jsonl", "playground")
 PLAYGROUND_ITEMS = 100        # playground scenes evaluated when no limit is given
@@ -58,23 +58,6 @@ VSTAR_SEED = "mgpo-vstar-v1"   # seeds the per-item option order of the V* pair 
 VSTAR_OFFICIAL = {"direct_attributes": 115, "relative_position": 76}   # the scored V*: 191 items
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one base64 image is a field of tens of MB
-
-
-class DataError(ValueError):
-    """A benchmark file that cannot be read, with a message that says where and why."""
-
-
-@dataclass
-class Item:
-    """One multiple-choice question about one image."""
-
-    id: str                       # unique within the benchmark; the resume key
-    question: str                 # the question alone (no choices, no answer instruction)
-    choices: list[str]            # option texts without their letters, in letter order
-    answer: str                   # ground-truth letter
-    image: Path | bytes | Image.Image   # a file, the encoded image bytes (decoded when run), or pixels
-    meta: dict = field(default_factory=dict)  # fields scoring groups by (category, cycle, task …)
-    gt_box: tuple[int, int, int, int] | None = None  # hidden target box, original pixels (analysis only)
 
 
 @dataclass
@@ -131,43 +114,6 @@ def open_benchmark(name: str, path: str | Path | None = None, image_root: str | 
 
 # ----- shared helpers ---------------------------------------------------------------------------
 
-def _letter(value, n: int, where: str) -> str:
-    """A ground-truth letter within the first ``n`` letters: ``"B"``, ``"b"``, ``"(B)"``."""
-    m = re.fullmatch(r"\s*\(?\s*([A-Za-z])\s*\)?\s*\.?\s*", str(value))
-    if not m or LETTERS.index(m.group(1).upper()) >= n:
-        raise DataError(f"{where}: answer {value!r} is not one of the letters {LETTERS[:n]}")
-    return m.group(1).upper()
-
-
-def answer_to_letter(answer, choices: list[str], where: str) -> str:
-    """The ground-truth letter of a record whose ``answer`` is a letter (``"B"``, ``"(b)"``) or
-    the text of one of ``choices``; a letter wins. The one rule for the project's JSONL, used by
-    the evaluator and the trainer alike."""
-    answer = str(answer).strip()
-    try:
-        return _letter(answer, len(choices), where)
-    except DataError:
-        matches = [i for i, c in enumerate(choices) if c.strip().lower() == answer.lower()]
-        if not matches:
-            raise DataError(f"{where}: answer {answer!r} is neither a letter within "
-                            f"{LETTERS[:len(choices)]} nor the text of a choice") from None
-        return LETTERS[matches[0]]
-
-
-def _clean_choices(raw, where: str) -> list[str]:
-    if not isinstance(raw, (list, tuple)) or not raw:
-        raise DataError(f"{where}: the choices must be a non-empty list")
-    if len(raw) > len(LETTERS):
-        raise DataError(f"{where}: {len(raw)} choices; at most {len(LETTERS)} are supported")
-    return [strip_letter(str(c), LETTERS[i]) for i, c in enumerate(raw)]
-
-
-def _question(value, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: the question is empty")
-    return value.strip()
-
-
 def _b64(value: str, where: str) -> bytes:
     try:
         data = base64.b64decode(value, validate=False)
@@ -176,20 +122,6 @@ def _b64(value: str, where: str) -> bytes:
     if not data:
         raise DataError(f"{where}: the image field is empty")
     return data
-
-
-def _read_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object")
-            yield n, row
 
 
 class _TsvRows:
@@ -264,7 +196,7 @@ def split_vstar_text(text: str, where: str = "V*") -> tuple[str, list[str]]:
     first = next((i for i, ln in enumerate(lines) if _CHOICE_LINE.match(ln)), None)
     if first is None:
         raise DataError(f"{where}: no '(A) ...' choice lines in the text")
-    question = _question("\n".join(lines[:first]), where)
+    question = question_text("\n".join(lines[:first]), where)
     choices: list[str] = []
     for ln in lines[first:]:
         m = _CHOICE_LINE.match(ln)
@@ -340,8 +272,10 @@ def _vstar_notes(counts: dict[str, int], wanted: set[str] | None) -> list[str]:
 
 def read_vstar_jsonl(path: Path) -> Iterator[Item]:
     base = path.parent
-    for n, row in _read_json_lines(path):
+    for n, row in json_lines(path):
         where = f"{path}:{n}"
+        if isinstance(row, str):
+            raise DataError(f"{where}: {'not valid JSON' if row == 'invalid JSON' else 'expected a JSON object'}")
         for key in ("image", "text", "label"):
             if key not in row:
                 raise DataError(f"{where}: missing field {key!r}")
@@ -349,7 +283,7 @@ def read_vstar_jsonl(path: Path) -> Iterator[Item]:
         image = base / str(row["image"])
         category = row.get("category") or image.parent.name
         qid = row.get("question_id", Path(str(row["image"])).stem)
-        yield Item(str(qid), question, choices, _letter(row["label"], len(choices), where), image,
+        yield Item(str(qid), question, choices, letter(row["label"], len(choices), where), image,
                    {"category": str(category)})
 
 
@@ -373,14 +307,14 @@ def read_vstar_folder(root: Path) -> Iterator[Item]:
             raise DataError(f"{where}: not valid JSON ({e})") from None
         if not isinstance(anno, dict) or "question" not in anno or "options" not in anno:
             raise DataError(f"{where}: expected {{\"question\": ..., \"options\": [...]}}")
-        options = _clean_choices(anno["options"], where)
+        options = clean_choices(anno["options"], where)
         rel = meta_path.relative_to(root).with_suffix("")
         item_id = rel.as_posix()
         order = vstar_order(item_id, len(options))
         choices = [options[k] for k in order]
         answer = LETTERS[order.index(0)]  # options[0] is the correct one
         category = rel.parent.as_posix() if rel.parent != Path(".") else "all"
-        yield Item(item_id, _question(anno["question"], where), choices, answer, image, {"category": category})
+        yield Item(item_id, question_text(anno["question"], where), choices, answer, image, {"category": category})
 
 
 # ----- HR-Bench ---------------------------------------------------------------------------------
@@ -395,48 +329,28 @@ def read_hrbench(path: Path) -> Iterator[Item]:
     for line, row in _TsvRows(path, HRBENCH_COLUMNS):
         where = f"{path}:{line}"
         choices = []
-        for letter in LETTERS:
-            value = row.get(letter)
+        for key in LETTERS:
+            value = row.get(key)
             if value is None or value.strip() in ("", "nan"):
                 break
             choices.append(value.strip())
         image = recent.resolve(row["index"], row["image"], where)
         category = row["category"].strip()
-        yield Item(row["index"].strip(), _question(row["question"], where), choices,
-                   _letter(row["answer"], len(choices), where), _b64(image, where),
+        yield Item(row["index"].strip(), question_text(row["question"], where), choices,
+                   letter(row["answer"], len(choices), where), _b64(image, where),
                    {"category": category, "cycle_category": row["cycle_category"].strip(),
                     "split": HRBENCH_SPLITS.get(category.lower(), category)})
 
 
 # ----- MME-RealWorld ----------------------------------------------------------------------------
 
-MME_FIELDS = ("Question_id", "Image", "Text", "Answer choices", "Ground truth", "Task", "Subtask", "Category")
 MME_TSV_COLUMNS = ("index", "question", "multi-choice options", "answer", "category", "l2-category", "image")
 
 
 def read_mme_json(path: Path, image_root: Path | None = None) -> list[Item]:
     """The official JSON (a list of items); images are relative to ``image_root`` or the JSON's folder."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of MME-RealWorld items")
     base = image_root or path.parent
-    items = []
-    for n, row in enumerate(data):
-        where = f"{path} item {n}"
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: expected an object")
-        missing = [k for k in MME_FIELDS if k not in row]
-        if missing:
-            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
-        choices = _clean_choices(row["Answer choices"], where)
-        items.append(Item(str(row["Question_id"]), _question(row["Text"], where), choices,
-                          _letter(row["Ground truth"], len(choices), where), base / str(row["Image"]),
-                          {"task": str(row["Task"]), "subtask": str(row["Subtask"]),
-                           "category": str(row["Category"])}))
-    return items
+    return [_refuse(x) for _, x in mme_records(path, lambda image: base / str(image), require_all=True)]
 
 
 def read_mme_tsv(path: Path) -> Iterator[Item]:
@@ -448,11 +362,11 @@ def read_mme_tsv(path: Path) -> Iterator[Item]:
             raw = ast.literal_eval(row["multi-choice options"])
         except (ValueError, SyntaxError):
             raise DataError(f"{where}: 'multi-choice options' is not a list literal") from None
-        choices = _clean_choices(raw, where)
+        choices = clean_choices(raw, where)
         task, _, subtask = row["category"].partition("/")
         image = recent.resolve(row["index"], row["image"], where)
-        yield Item(row["index"].strip(), _question(row["question"], where), choices,
-                   _letter(row["answer"], len(choices), where), _b64(image, where),
+        yield Item(row["index"].strip(), question_text(row["question"], where), choices,
+                   letter(row["answer"], len(choices), where), _b64(image, where),
                    {"task": task.strip(), "subtask": subtask.strip(), "category": row["l2-category"].strip()})
 
 
@@ -490,13 +404,12 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS) -> Benchmark:
 def read_jsonl(path: Path, image_root: Path | None = None) -> Iterator[Item]:
     """``{"image", "question", "choices", "answer"}`` lines; ``answer`` is a letter or a choice's text."""
     base = image_root or path.parent
-    for n, row in _read_json_lines(path):
-        where = f"{path}:{n}"
-        for key in ("image", "question", "choices", "answer"):
-            if key not in row:
-                raise DataError(f"{where}: missing field {key!r}")
-        choices = _clean_choices(row["choices"], where)
-        letter = answer_to_letter(row["answer"], choices, where)
-        meta = {"category": str(row["category"])} if row.get("category") is not None else {}
-        yield Item(str(row.get("id", n)), _question(row["question"], where), choices, letter,
-                   base / str(row["image"]), meta)
+    for _, x in jsonl_records(path, lambda image: base / str(image), require_choices=True, line_ids=True):
+        yield _refuse(x)
+
+
+def _refuse(x: Item | DataError) -> Item:
+    """The evaluator's policy on a bad record: a benchmark is read whole, so it stops there."""
+    if isinstance(x, DataError):
+        raise x
+    return x

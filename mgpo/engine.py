@@ -73,6 +73,24 @@ class EngineConfig:
     max_question_chars: int = 4000              # longer questions are refused, not cut
     max_image_pixels: int = MAX_IMAGE_PIXELS    # larger images are refused before decoding
 
+    def check(self, mode: str = "mgpo") -> "EngineConfig":
+        """Refuse settings the engine cannot run (:class:`InputError`, a message for a person)."""
+        if mode not in MODES:
+            raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode == "mgpo" and self.max_turns < 2:
+            raise InputError("MGPO needs max_turns ≥ 2 (turn 1 grounds, the last turn answers)")
+        if self.box_rule not in geometry.BOX_RULES:
+            raise InputError(f"unknown box rule {self.box_rule!r}; choose one of {', '.join(geometry.BOX_RULES)}")
+        if not (28 * 28 <= self.min_pixels <= self.max_pixels):
+            raise InputError("pixel limits must satisfy 784 ≤ min_pixels ≤ max_pixels")
+        if self.max_new_tokens < 1:
+            raise InputError("max_new_tokens must be at least 1")
+        try:
+            get_prompts(self.prompts)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        return self
+
     def sampling(self, **changes) -> Sampling:
         base = dict(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                     max_new_tokens=self.max_new_tokens, seed=self.seed)
@@ -247,23 +265,15 @@ class Engine:
     # ----- pieces -----------------------------------------------------------------------------
 
     def _call_config(self, mode: str, max_turns: int | None, overrides: dict) -> EngineConfig:
-        if mode not in MODES:
-            raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         unknown = set(overrides) - set(EngineConfig.__dataclass_fields__)
         if unknown:
             raise TypeError(f"unknown engine settings: {', '.join(sorted(unknown))}")
         cfg = EngineConfig(**{**self.config.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
         if max_turns is not None:
             cfg.max_turns = max_turns
+        cfg.check(mode)
         if mode == "direct":
             cfg.max_turns = 1
-        elif cfg.max_turns < 2:
-            raise InputError("MGPO needs max_turns ≥ 2 (turn 1 grounds, the last turn answers)")
-        if cfg.box_rule not in geometry.BOX_RULES:
-            raise InputError(f"unknown box rule {cfg.box_rule!r}; choose one of {', '.join(geometry.BOX_RULES)}")
-        if not (28 * 28 <= cfg.min_pixels <= cfg.max_pixels):
-            raise InputError("pixel limits must satisfy 784 ≤ min_pixels ≤ max_pixels")
-        get_prompts(cfg.prompts)
         return cfg
 
     def _prepare(self, requests: list[Request], G: int, cfg: EngineConfig) -> list[_Sample]:

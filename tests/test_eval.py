@@ -192,7 +192,7 @@ def wrong(letter: str, n: int = 4) -> str:
 
 
 def run(engine, bench, tmp_path, name="out", **kw) -> dict:
-    cfg = EvalConfig(benchmark=bench.name, data=str(bench.path), out=str(tmp_path / name), **kw)
+    cfg = EvalConfig.of(benchmark=bench.name, data=str(bench.path), out=str(tmp_path / name), **kw)
     return evaluate(engine, bench, cfg, progress=False)
 
 
@@ -671,3 +671,16 @@ def test_killed_cli_run_resumes_to_identical_results(tmp_path, tiny_model_dir):
     assert _stable(resumed) == _stable(clean)
     ids = [json.loads(x)["id"] for x in items.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 9
+
+
+def test_the_evaluators_settings_hold_an_engine_config_checked_by_the_engines_rules():
+    from mgpo.engine import EngineConfig
+
+    cfg = EvalConfig.of(benchmark="jsonl", out="o", max_turns=3, min_pixels=3136, temperature=0.5, limit=4)
+    assert cfg.limit == 4 and cfg.engine == EngineConfig(max_turns=3, min_pixels=3136, temperature=0.5)
+    assert cfg.sampling().temperature == 0.5 and cfg.engine_settings()["min_pixels"] == 3136
+    for bad, message in ((dict(max_turns=1), "MGPO needs max_turns ≥ 2"), (dict(box_rule="wide"), "unknown box rule"),
+                         (dict(min_pixels=10), "784 ≤ min_pixels"), (dict(prompts="nope"), "unknown prompt set")):
+        with pytest.raises(EvalError, match=message):
+            EvalConfig.of(benchmark="jsonl", **bad).check()
+    EvalConfig.of(benchmark="jsonl", mode="direct", max_turns=1).check()     # direct has one turn anyway

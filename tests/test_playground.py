@@ -296,7 +296,7 @@ def test_playground_benchmark_scores_accuracy_and_iou_exactly(tmp_path):
 
     engine = Engine(ScriptedBackend(reply), EngineConfig(**BUDGETS.engine()), name="scripted")
     bench = open_benchmark("playground", seed=0, limit=6)
-    cfg = EvalConfig(benchmark="playground", out=str(tmp_path / "out"), limit=6, batch_size=6, **BUDGETS.engine())
+    cfg = EvalConfig.of(benchmark="playground", out=str(tmp_path / "out"), limit=6, batch_size=6, **BUDGETS.engine())
     res = evaluate(engine, bench, cfg, progress=False)
 
     assert res["scores"]["n"] == 6 and res["scores"]["accuracy"] == pytest.approx(3 / 6)

@@ -106,12 +106,15 @@ class TrainConfig:
         problems = []
         if not self.data:
             problems.append("--data is required (a JSONL file, MME-RealWorld JSON, or a HF dataset)")
-        if self.mode not in ("mgpo", "direct"):
-            problems.append(f"mode must be mgpo or direct, not {self.mode!r}")
+        from mgpo.engine import InputError
+
+        try:           # mode, turns, pixel limits, box rule, max_new_tokens: the engine's rules
+            self.engine_config().check(self.mode)
+        except InputError as e:
+            problems.append(str(e))
         if self.data_format not in ("auto", "jsonl", "mme", "hf"):
             problems.append(f"data_format must be auto, jsonl, mme or hf, not {self.data_format!r}")
-        for name in ("group_size", "prompts_per_step", "max_new_tokens", "steps", "micro_batch", "lora_r",
-                     "max_nonfinite"):
+        for name in ("group_size", "prompts_per_step", "steps", "micro_batch", "lora_r", "max_nonfinite"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
         if self.mini_batches < 0:
@@ -142,6 +145,15 @@ class TrainConfig:
         if problems:
             raise ConfigError("; ".join(problems))
         return self
+
+    def engine_config(self):
+        """The rollouts' :class:`~mgpo.engine.EngineConfig`: built from this config's rollout
+        fields in this one place, and checked by the engine's own rules in :meth:`check`."""
+        from mgpo.engine import EngineConfig
+
+        return EngineConfig(max_turns=self.max_turns, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+                            box_rule=self.box_rule, max_new_tokens=self.max_new_tokens,
+                            temperature=self.temperature, top_p=self.top_p)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from mgpo import geometry
-from mgpo.engine import Engine, EngineConfig, InputError, Request
+from mgpo.engine import Engine, InputError, Request
 from mgpo.images import ImageError, load_image
 from mgpo.rows import Sampling
 
@@ -128,9 +128,7 @@ class Trainer:
 
         backend_cls = backend_cls or QwenBackend
         self.backend = backend_cls(self.core, loaded.processor)
-        self.engine = Engine(self.backend, EngineConfig(
-            max_turns=cfg.max_turns, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, box_rule=cfg.box_rule,
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p), name=cfg.model)
+        self.engine = Engine(self.backend, cfg.engine_config(), name=cfg.model)
         self.processor = loaded.processor
         self.step = 0
         self.last_metrics: dict = {}

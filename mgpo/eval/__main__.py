@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .. import geometry
-from ..engine import DEFAULT_MODEL
+from ..engine import DEFAULT_MODEL, EngineConfig
 from .datasets import BENCHMARKS, DataError, open_benchmark
 from .runner import EvalConfig, EvalError, check_resume, evaluate, make_protocol
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model set to a playground release folder: which of its checkpoints (default: its own)")
     p.add_argument("--mode", default=d.mode, choices=("mgpo", "direct"),
                    help="mgpo = multi-turn grounding; direct = the single-turn baseline prompt")
-    p.add_argument("--max-turns", type=int, default=d.max_turns, help="mgpo turns (2 = paper, 3 = its Table 6)")
+    p.add_argument("--max-turns", type=int, default=d.engine.max_turns, help="mgpo turns (2 = paper, 3 = its Table 6)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first K items only")
     p.add_argument("--categories", default=None,
                    help="vstar: the categories (subfolders) to score, comma-separated, or 'all' "
@@ -45,12 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"default {geometry.MIN_PIXELS:,} (the paper's); playground: its crop floor")
     p.add_argument("--max-pixels", type=int, default=None,
                    help=f"default {geometry.MAX_PIXELS:,} (the paper's); playground: its overview budget")
-    p.add_argument("--box-rule", default=d.box_rule, choices=geometry.BOX_RULES)
-    p.add_argument("--prompts", default=d.prompts, help="prompt set name (default: the paper's)")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="per turn")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=d.top_p)
-    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--box-rule", default=d.engine.box_rule, choices=geometry.BOX_RULES)
+    p.add_argument("--prompts", default=d.engine.prompts, help="prompt set name (default: the paper's)")
+    p.add_argument("--max-new-tokens", type=int, default=d.engine.max_new_tokens, help="per turn")
+    p.add_argument("--temperature", type=float, default=d.engine.temperature, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=d.engine.top_p)
+    p.add_argument("--top-k", type=int, default=d.engine.top_k)
     p.add_argument("--seed", type=int, default=None,
                    help="decoding seed; playground: also the index of the first test scene (default 0)")
     p.add_argument("--no-crop-only", dest="crop_only", action="store_false",
@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         args.max_pixels = budgets["max_pixels"] if args.max_pixels is None else args.max_pixels
     args.min_pixels = geometry.MIN_PIXELS if args.min_pixels is None else args.min_pixels
     args.max_pixels = geometry.MAX_PIXELS if args.max_pixels is None else args.max_pixels
-    names = {f.name for f in fields(EvalConfig)}
-    cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in names})
+    names = {f.name for f in fields(EvalConfig)} | {f.name for f in fields(EngineConfig)}
+    cfg = EvalConfig.of(**{k: v for k, v in vars(args).items() if k in names})
     try:
         cfg.check()
-        bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root, seed=cfg.seed, limit=cfg.limit,
+        bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root, seed=cfg.engine.seed, limit=cfg.limit,
                                categories=cfg.categories)
         for note in bench.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..model import ModelLoadError
 
         try:
-            engine = Engine.from_pretrained(cfg.model, cfg.adapter, config=cfg.engine_config(), device=args.device,
+            engine = Engine.from_pretrained(cfg.model, cfg.adapter, config=cfg.engine, device=args.device,
                                             dtype=args.dtype)
         except ModelLoadError as e:
             raise EvalError(str(e)) from None

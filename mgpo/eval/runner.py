@@ -31,12 +31,12 @@ import platform
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import geometry
-from ..engine import DEFAULT_MODEL, Engine, InputError, Request, drain
+from ..engine import DEFAULT_MODEL, Engine, EngineConfig, InputError, Request, drain
 from ..events import TurnFinished
 from ..images import ImageError, load_image
 from ..rows import Sampling
@@ -70,56 +70,44 @@ class EvalConfig:
     model: str = DEFAULT_MODEL                # Hub id or local directory
     adapter: str | None = None                # LoRA adapter (Hub id or directory)
     mode: str = "mgpo"                        # mgpo (multi-turn) | direct (single-turn baseline)
-    max_turns: int = 2                        # mgpo only; 2 = the paper, 3 = its Table 6
     limit: int | None = None                  # first K items only
     batch_size: int = 8                       # items per engine call
-    min_pixels: int = geometry.MIN_PIXELS     # 256·28·28, the paper's
-    max_pixels: int = geometry.MAX_PIXELS     # 1280·28·28, the paper's
-    box_rule: str = "paper"                   # paper | clamp | pad | clamp+pad
-    prompts: str = "mgpo"                     # prompt set (mgpo.prompts)
-    max_new_tokens: int = 1024                # per turn
-    temperature: float = 0.0                  # 0 = greedy (the default for evaluation)
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
     crop_only: bool = True                    # mgpo mode: re-ask on the first valid crop alone
     strict: bool = False                      # True: \boxed{} only, no fallback extraction
     image_root: str | None = None             # where relative image paths start (default: next to the data file)
     categories: str | None = None             # vstar: subfolders to score, comma-separated, or "all"
                                               # (default: direct_attributes,relative_position — the official 191)
+    # the engine's settings (turns, pixel limits, box rule, prompts, decoding): greedy by default
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    @classmethod
+    def of(cls, **settings) -> "EvalConfig":
+        """An EvalConfig from flat settings: the engine's fields (``max_turns``, ``min_pixels``,
+        ``temperature`` …) go to :attr:`engine`, the rest are the evaluation's own."""
+        engine_fields = {f.name for f in fields(EngineConfig)}
+        engine = {k: v for k, v in settings.items() if k in engine_fields}
+        own = {k: v for k, v in settings.items() if k not in engine_fields}
+        return cls(**own, engine=EngineConfig(**engine))
 
     def sampling(self) -> Sampling:
-        return Sampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                        max_new_tokens=self.max_new_tokens, seed=self.seed)
-
-    def engine_config(self):
-        """The :class:`~mgpo.engine.EngineConfig` an engine for this evaluation is built with."""
-        from ..engine import EngineConfig
-
-        return EngineConfig(prompts=self.prompts, max_turns=self.max_turns, min_pixels=self.min_pixels,
-                            max_pixels=self.max_pixels, box_rule=self.box_rule, max_new_tokens=self.max_new_tokens,
-                            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed)
+        return self.engine.sampling()
 
     def engine_settings(self) -> dict:
         """Per-call engine settings, so the protocol recorded is the one that ran."""
-        return dict(min_pixels=self.min_pixels, max_pixels=self.max_pixels, box_rule=self.box_rule,
-                    prompts=self.prompts)
+        e = self.engine
+        return dict(min_pixels=e.min_pixels, max_pixels=e.max_pixels, box_rule=e.box_rule, prompts=e.prompts)
 
     def check(self) -> None:
         if self.mode not in ("mgpo", "direct"):
             raise EvalError(f"unknown mode {self.mode!r}; choose mgpo or direct")
-        if self.mode == "mgpo" and self.max_turns < 2:
-            raise EvalError("--max-turns must be at least 2 in mgpo mode (turn 1 grounds, the last answers)")
         if self.batch_size < 1:
             raise EvalError("--batch-size must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise EvalError("--limit must be at least 1")
-        if self.max_new_tokens < 1:
-            raise EvalError("--max-new-tokens must be at least 1")
-        if not (28 * 28 <= self.min_pixels <= self.max_pixels):
-            raise EvalError("pixel limits must satisfy 784 ≤ min_pixels ≤ max_pixels")
-        if self.box_rule not in geometry.BOX_RULES:
-            raise EvalError(f"unknown box rule {self.box_rule!r}; choose one of {', '.join(geometry.BOX_RULES)}")
+        try:
+            self.engine.check(self.mode)
+        except InputError as e:
+            raise EvalError(str(e)) from None
 
 
 # ----- protocol ---------------------------------------------------------------------------------
@@ -149,12 +137,12 @@ def make_protocol(model_name: str, bench: Benchmark, cfg: EvalConfig) -> dict:
         "model": model_name,
         "adapter": cfg.adapter,
         "mode": cfg.mode,
-        "max_turns": 1 if cfg.mode == "direct" else cfg.max_turns,
-        "min_pixels": cfg.min_pixels,
-        "max_pixels": cfg.max_pixels,
-        "box_rule": cfg.box_rule,
-        "prompts": cfg.prompts,
-        "decoding": {**asdict(cfg.sampling()), "greedy": cfg.temperature == 0},
+        "max_turns": 1 if cfg.mode == "direct" else cfg.engine.max_turns,
+        "min_pixels": cfg.engine.min_pixels,
+        "max_pixels": cfg.engine.max_pixels,
+        "box_rule": cfg.engine.box_rule,
+        "prompts": cfg.engine.prompts,
+        "decoding": {**asdict(cfg.sampling()), "greedy": cfg.engine.temperature == 0},
         "crop_only": cfg.mode == "mgpo" and cfg.crop_only,
         "answer_extraction": STRICT_RULE if cfg.strict else ANSWER_RULE,
         "limit": cfg.limit,
@@ -259,7 +247,7 @@ def _crop_only(engine: Engine, pairs, rollouts, cfg: EvalConfig) -> dict[int, di
             continue
         it, original = pairs[k]
         # (x1, y1, x2, y2) in original-image pixels → the crop as turn 2 fed it
-        crop = geometry.prepare(original, tuple(box.box_original), cfg.min_pixels, cfg.max_pixels)
+        crop = geometry.prepare(original, tuple(box.box_original), cfg.engine.min_pixels, cfg.engine.max_pixels)
         asks.append((k, box, Request(crop.image, it.question, it.choices, it.answer, it.id)))
     if not asks:
         return {}
@@ -278,7 +266,7 @@ def _crop_only(engine: Engine, pairs, rollouts, cfg: EvalConfig) -> dict[int, di
 def _generate(engine: Engine, pairs: list[tuple[Item, object]], cfg: EvalConfig) -> list[dict]:
     t0 = time.perf_counter()
     requests = [Request(img, it.question, it.choices, it.answer, it.id) for it, img in pairs]
-    rollouts, new_tokens = _drain(engine.stream(requests, 1, mode=cfg.mode, max_turns=cfg.max_turns,
+    rollouts, new_tokens = _drain(engine.stream(requests, 1, mode=cfg.mode, max_turns=cfg.engine.max_turns,
                                                 sampling=cfg.sampling(), **cfg.engine_settings()))
     crops = _crop_only(engine, pairs, rollouts, cfg) if cfg.mode == "mgpo" and cfg.crop_only else {}
     share = (time.perf_counter() - t0) / len(pairs)

@@ -85,12 +85,12 @@ def run_eval(cfg: RecipeConfig, base: Path, adapter: Path | None, out: Path, mod
     from mgpo.playground.world import Budgets
 
     b = Budgets().engine()
-    ecfg = EvalConfig(benchmark="playground", out=str(out), model=str(base),
+    ecfg = EvalConfig.of(benchmark="playground", out=str(out), model=str(base),
                       adapter=str(adapter) if adapter else None, mode=mode, limit=cfg.eval_scenes,
                       batch_size=8, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"],
                       max_new_tokens=cfg.max_new_tokens, seed=cfg.eval_seed)
     bench = open_benchmark("playground", None, None, seed=cfg.eval_seed, limit=cfg.eval_scenes)
-    engine = Engine.from_pretrained(str(base), ecfg.adapter, config=ecfg.engine_config(),
+    engine = Engine.from_pretrained(str(base), ecfg.adapter, config=ecfg.engine,
                                     device="cpu" if not cuda_available() else None)
     return evaluate(engine, bench, ecfg, progress=False, overwrite=True)
 

@@ -33,33 +33,28 @@ import argparse
 import json
 import logging
 import os
-import random
 import sys
-import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
-from PIL import Image
 
 from mgpo.adapters import AdapterPolicy
-from mgpo.engine import DEFAULT_MODEL, Engine, InputError
-from mgpo.geometry import BOX_RULES
-from mgpo.geometry import MAX_PIXELS, MIN_PIXELS
-from mgpo.images import ImageError, load_image
+from mgpo.engine import DEFAULT_MODEL, Engine
+from mgpo.geometry import BOX_RULES, MAX_PIXELS, MIN_PIXELS
+from mgpo.images import ImageError
 from mgpo.model import ModelLoadError
-from mgpo.playground.release import Release, ReleaseError, draw_boxes, summary_markdown
-from mgpo.playground.world import SPLITS, split_of, split_seeds
-from mgpo.prompts import LETTERS
-from mgpo.service import PlaygroundModel, Runner, Settings, load_playground, parse_seed, verdict
-from mgpo.service import scene as make_playground_scene
+from mgpo.playground.release import Release, ReleaseError
+from mgpo.service import PlaygroundModel, Runner, Settings, load_playground
 from mgpo.transcript import Transcript
+from ui.common import CSS, THEME, choice_list, follow, int_or_none, keep_upload_path, open_upload, refusal, warn
+from ui.playground import playground_tab
 
 log = logging.getLogger("mgpo.app")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-MAX_UPLOAD_PIXELS = 8192 * 8192   # 67 MP: larger uploads are refused with a message
+SHIPPED_RELEASE = EXAMPLES_DIR / "playground"   # the Playground tab's release unless --playground says otherwise
 
 
 # ----- configuration -------------------------------------------------------------------------
@@ -146,22 +141,6 @@ def gpu_wrapper(seconds: int):
 # ----- the page --------------------------------------------------------------------------------
 
 
-def keep_upload_path(image: gr.Image) -> gr.Image:
-    """Make ``image`` hand the uploaded file's path on without opening it, so that a non-image or
-    gigantic upload reaches the handler and gets a specific message there (``gr.Image`` would open
-    it with PIL first and fail with a bare "Error"). Patched on the instance: a ``gr.Image``
-    subclass would make Gradio write an ``app.pyi`` stub next to this file."""
-    plain = image.preprocess
-
-    def preprocess(payload):
-        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return plain(payload)
-
-    image.preprocess = preprocess
-    return image
-
-
 def load_examples(folder: Path = EXAMPLES_DIR) -> list[list]:
     """``[image path, question, choices (one per line)]`` rows from ``examples/examples.json``."""
     index = folder / "examples.json"
@@ -188,43 +167,6 @@ def _header(runner: Runner, adapter: str | None) -> str:
         "resolution, and the model answers looking at the zoomed crop.\n\n"
         f"Model: **{runner.model_name}**{lora}"
     )
-
-
-CSS = """
-.answer textarea { font-size: 1.25rem !important; font-weight: 600; }
-.answer-mgpo textarea { background: #fff7ed !important; border-color: #fb923c !important; }
-#summary { min-height: 1.5em; }
-"""
-THEME = gr.themes.Soft(primary_hue="orange", secondary_hue="pink")
-
-
-ALL_PARTS = frozenset({"chat", "boxes", "crops", "answer", "stats"})
-
-
-def follow(view: Transcript, stream, update_every: float):
-    """Apply a run's ``(run, event)`` stream to ``view`` and yield the set of page parts to
-    refresh: at once for a box, a crop or an answer, at most every ``update_every`` seconds while
-    only the text grows; the last set holds every part plus ``"done"`` (``view.status`` then says
-    "Done in …"). A refused or failed run yields its message (a ``str``) instead and ends. Both
-    tabs stream through this loop."""
-    t0, last, pending = time.perf_counter(), 0.0, {"boxes"}   # the first update shows the image
-    try:
-        for run_name, event in stream:
-            pending |= view.apply(run_name, event)
-            if pending == {"chat"} and time.perf_counter() - last < update_every:
-                continue
-            yield pending
-            last, pending = time.perf_counter(), set()
-    except (InputError, ImageError, ModelLoadError, ReleaseError) as e:   # the request was refused
-        yield str(e)
-    except Exception as e:                                                  # never a traceback on the page
-        log.exception("model run failed")
-        yield f"The model run failed ({type(e).__name__}: {str(e)[:300]}). Try again, or with other settings."
-    else:
-        view.status = f"Done in {time.perf_counter() - t0:.1f} s."
-        yield ALL_PARTS | {"done"}
-    finally:
-        stream.close()
 
 
 def _ask_tab(runner: Runner, examples: list[list]) -> SimpleNamespace:
@@ -303,18 +245,18 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
     def run(image_path, question, choices, max_turns, compare, min_pixels, max_pixels, temperature,
             max_new_tokens, box_rule, adapter):
         try:
-            original = _open_upload(image_path)
-            settings = Settings(int(max_turns), _int(min_pixels), _int(max_pixels), temperature,
-                                _int(max_new_tokens), box_rule)
+            original = open_upload(image_path)
+            settings = Settings(int(max_turns), int_or_none(min_pixels), int_or_none(max_pixels), temperature,
+                                int_or_none(max_new_tokens), box_rule)
         except (ImageError, TypeError, ValueError) as e:
-            yield _refusal(str(e))
+            yield refusal(str(e))
             return
-        view = Transcript(original, question or "", _choice_list(choices))
+        view = Transcript(original, question or "", choice_list(choices))
         updates = follow(view, runner.events(original, question, choices, settings, bool(compare), adapter),
                          update_every)
         try:
             for changed in updates:
-                yield _refusal(changed) if isinstance(changed, str) else _outputs(view, changed)
+                yield refusal(changed) if isinstance(changed, str) else _outputs(view, changed)
         finally:
             updates.close()   # a stopped request stops generating here
 
@@ -323,7 +265,7 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
         try:        # every rule is the store's: the API refuses what the page refuses
             runner.adapters.load(adapter_id)
         except ModelLoadError as e:
-            return gr.skip(), gr.skip(), _warn(str(e))
+            return gr.skip(), gr.skip(), warn(str(e))
         return adapter_id, _header(runner, adapter_id), f"Loaded **{adapter_id}**; runs in this tab use it."
 
     def base_model():
@@ -337,7 +279,7 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
                 c = _ask_tab(runner, examples)
             if playground is not None:
                 with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
-                    _playground_tab(playground, concurrency, update_every)
+                    playground_tab(playground, concurrency, update_every)
 
         outputs = [c.status, c.chat, c.boxes, c.crops, c.answer_mgpo, c.answer_base, c.stats, c.summary]
         inputs = [c.image, c.question, c.choices, c.max_turns, c.compare, c.min_pixels, c.max_pixels, c.temperature,
@@ -354,211 +296,6 @@ def build_demo(engine: Engine | Runner, *, examples: list[list] | None = None, q
                          queue=False)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo
-
-
-# ----- the Playground tab ------------------------------------------------------------------------
-
-PLAYGROUND_INTRO = (
-    "A generated world where the answer needs the zoom: each 2048×2048 scene hides one small coloured card in "
-    "clutter, and the question asks which way the fine stripes on its label run. In turn 1 the model sees a "
-    "224×224 overview: the card is easy to find, but its stripes blur to a flat grey square; in the crop of the "
-    "card they are plain to see. The model is a "
-    "small Qwen2.5-VL trained here from random weights: base skills first (finding cards by name, reading "
-    "close-ups), then MGPO RL with the answer reward alone: it never saw a box for this question. Pick a "
-    "checkpoint to compare before and after RL. The card's true place (green, dashed) is shown after the run."
-)
-SPLIT_NOTES = {
-    "test": "a held-out test scene",
-    "val": "a validation scene",
-    "train": "a scene of the RL training range (the model may have trained on it)",
-    "skills": "a scene of the base-skills range (the supervised training saw its cards)",
-}
-RELEASE_HELP = (
-    "A release folder holds `model/` (a Qwen2.5-VL checkpoint), `adapters/<name>/` (LoRA adapters), "
-    "`checkpoints.json` (the checkpoints, see `mgpo/playground/release.py`) and optionally `metrics.jsonl`, "
-    "`curves.png` and `summary.json`. Point the app at one with `python app.py --playground DIR` "
-    "(or `MGPO_PLAYGROUND`); `--playground off` hides this tab."
-)
-
-
-def _scene_markdown(scene) -> str:
-    """The question and its choices; the answer stays hidden until a run ends."""
-    note = SPLIT_NOTES.get(split_of(scene.seed), "outside every seed split")
-    choices = " · ".join(f"**({letter})** {c}" for letter, c in zip(LETTERS, scene.choices))
-    return f"**Seed {scene.seed}** · {note}\n\n### {scene.question}\n\n{choices}"
-
-
-def _verdict(scene, view: Transcript) -> tuple[str, tuple | None]:
-    """The result line of a playground run and its first valid box (original pixels) or None."""
-    v = verdict(scene, view.runs["mgpo"].final if "mgpo" in view.runs else None,
-                [e for run, e, _ in view.boxes if run == "mgpo"])
-    if v.right:
-        line = f"✅ **Right**: the model answered **{v.truth}**."
-    elif v.letter:
-        line = f"❌ **Wrong**: the model answered {view.answer('mgpo')}; the answer is **{v.truth}**."
-    else:
-        line = f"❌ **Wrong**: the model gave no choice letter; the answer is **{v.truth}**."
-    if v.box is not None:
-        line += f" IoU of its box with the hidden {scene.name}: **{v.iou:.2f}**."
-    else:
-        line += f" No usable box ({v.no_box_reason}), so no IoU."
-    return line, v.box
-
-
-def _playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_every: float) -> None:
-    """The Playground tab's components and events (inside the open ``gr.Tab``)."""
-    if isinstance(pg, ReleaseError):
-        gr.Markdown(f"### The playground release could not be loaded\n\n{pg}\n\n{RELEASE_HELP}", elem_id="pg-error")
-        return
-    release = pg.release
-    first = split_seeds("test", 1)[0]
-    lo, hi = SPLITS["test"]
-    skip = gr.skip()
-    gr.Markdown(PLAYGROUND_INTRO, elem_id="pg-intro")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=4, min_width=340):
-            with gr.Row():
-                seed = gr.Number(first, label="Scene seed", precision=0, elem_id="pg-seed",
-                                 info=f"test scenes {lo:,}–{hi - 1:,}; Enter shows one")
-                new_btn = gr.Button("New scene", elem_id="pg-new", scale=0, min_width=140)
-            scene_md = gr.Markdown(_scene_markdown(make_playground_scene(first)), elem_id="pg-scene")
-            checkpoint = gr.Radio([(f"{c.name} (step {c.step})", c.name) for c in release.checkpoints],
-                                  value=release.default, label="Checkpoint", elem_id="pg-checkpoint",
-                                  info="step 0 = the base-skills model; later steps add MGPO RL's LoRA adapter")
-            with gr.Row():
-                run_btn = gr.Button("Run", variant="primary", elem_id="pg-run")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="pg-stop")
-            status = gr.Markdown("Press **Run**: the model boxes a card, reads the crop, answers.", elem_id="pg-status")
-            answer = gr.Textbox(label="Model answer", interactive=False, elem_id="pg-answer",
-                                elem_classes=["answer", "answer-mgpo"])
-            result = gr.Markdown("", elem_id="pg-result")
-        with gr.Column(scale=6, min_width=420):
-            with gr.Row(equal_height=True):
-                boxes = gr.Image(draw_boxes(make_playground_scene(first).image, None, None), interactive=False, height=380,
-                                 label="Boxes: model (orange), truth (green)",
-                                 format="jpeg", elem_id="pg-boxes", buttons=["fullscreen"])
-                crops = gr.Gallery(label="Crop, as fed to the model", columns=1, height=380, object_fit="contain",
-                                   format="jpeg", elem_id="pg-crops", allow_preview=True)
-            chat = gr.Chatbot(label="Transcript", height=360, elem_id="pg-transcript", group_consecutive_messages=False,
-                              feedback_options=None, buttons=["copy_all"])
-    _training_panel(release)
-
-    outputs = [status, scene_md, chat, boxes, crops, answer, result]
-
-    def show(seed_value):
-        try:
-            scene = make_playground_scene(parse_seed(seed_value))
-        except ValueError as e:
-            return (_warn(str(e)),) + (skip,) * 6
-        return ("Press **Run**.", _scene_markdown(scene), [], draw_boxes(scene.image, None, None), [], "", "")
-
-    def run(seed_value, name):
-        try:
-            scene = make_playground_scene(parse_seed(seed_value))
-            ckpt = release.checkpoint(name or release.default)
-        except ValueError as e:
-            yield (_warn(str(e)),) + (skip,) * 6
-            return
-        view = Transcript(scene.image, scene.question, scene.choices)
-        updates = follow(view, pg.events(scene, ckpt.name), update_every)
-        shown = False
-        try:
-            for changed in updates:
-                if isinstance(changed, str):
-                    yield (_warn(changed),) + (skip,) * 6
-                    continue
-                verdict, image = skip, view.box_image() if "boxes" in changed else skip
-                if "done" in changed:
-                    view.status += f" Checkpoint **{ckpt.name}** (step {ckpt.step})."
-                    verdict, box = _verdict(scene, view)
-                    image = draw_boxes(scene.image, scene.box, box)
-                yield (view.status, skip if shown else _scene_markdown(scene),
-                       view.messages if "chat" in changed else skip, image,
-                       view.gallery() if "crops" in changed else skip,
-                       view.answer("mgpo") if "answer" in changed else skip, verdict)
-                shown = True
-        finally:
-            updates.close()   # a stopped request stops generating here
-
-    new_btn.click(lambda: random.randrange(lo, hi), outputs=[seed], queue=False, api_name="playground_new").then(
-        show, inputs=[seed], outputs=outputs, queue=False, api_name=False)
-    seed.submit(show, inputs=[seed], outputs=outputs, queue=False, api_name="playground_scene")
-    clear = run_btn.click(lambda: ("Working…", skip, [], skip, [], "", ""), outputs=outputs, queue=False, api_name=False)
-    event = clear.then(run, inputs=[seed, checkpoint], outputs=outputs, api_name="playground_run",
-                       concurrency_limit=concurrency, concurrency_id="model")
-    stop_btn.click(None, cancels=[event], queue=False).then(
-        lambda: "Stopped.", outputs=[status], queue=False, api_name="playground_stop")
-
-
-def _training_panel(release: Release) -> None:
-    """The release's training curves, metrics and evaluation numbers, and its model card."""
-    points = release.curve_points()
-    table = summary_markdown(release.summary)
-    with gr.Accordion("Training and evaluation of this release", open=True):
-        if release.curves or points:
-            with gr.Row(equal_height=True):
-                if release.curves:
-                    gr.Image(str(release.curves), label="Training curves (curves.png)", interactive=False,
-                             elem_id="pg-curves", buttons=["fullscreen"])
-                if points:
-                    import pandas as pd
-
-                    gr.LinePlot(pd.DataFrame(points), x="step", y="value", color="series", color_title="",
-                                label="MGPO RL per step (metrics.jsonl)", x_title="RL step", y_title="mean over the step",
-                                elem_id="pg-metrics")
-        if table:
-            gr.Markdown(f"**Evaluation** (`summary.json`)\n\n{table}", elem_id="pg-summary")
-        if not (release.curves or points or table):
-            gr.Markdown("This release has no `curves.png`, `metrics.jsonl` or `summary.json`.", elem_id="pg-summary")
-        gr.Markdown(f"Release `{release.folder}`: model `{release.model.name}/`, "
-                    f"{sum(c.adapter is not None for c in release.checkpoints)} RL checkpoints as LoRA adapters.")
-    card = release.folder / "README.md"
-    if card.is_file():
-        with gr.Accordion("Model card (README.md)", open=False):
-            gr.Markdown(_strip_front_matter(card.read_text(errors="replace")), elem_id="pg-card")
-
-
-def _strip_front_matter(text: str) -> str:
-    if text.startswith("---\n"):
-        end = text.find("\n---", 4)
-        if end >= 0:
-            return text[end + 4:].lstrip("\n")
-    return text
-
-
-def _int(v) -> int | None:
-    return None if v is None or v == "" else int(v)
-
-
-def _choice_list(choices: str | None) -> list[str]:
-    """The choices as the transcript lists them (the engine validates them)."""
-    return [c.strip() for c in (choices or "").splitlines() if c.strip()][: len(LETTERS)]
-
-
-def _open_upload(path) -> Image.Image:
-    """The uploaded file as an RGB image, or ImageError with what is wrong with it."""
-    if not path:
-        raise ImageError("add an image first: upload, paste or drag one, or click an example below")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ImageError(f"the upload could not be read ({e.strerror})") from None
-    try:
-        return load_image(data, MAX_UPLOAD_PIXELS)
-    except ImageError as e:
-        raise ImageError(f"that upload can't be used: {e}") from None
-
-
-def _warn(message: str) -> str:
-    """Show ``message`` as a toast and return it for the page (a visitor's mistake, not a crash)."""
-    message = message[:1].upper() + message[1:]
-    gr.Warning(message)
-    return f"⚠️ {message}"
-
-
-def _refusal(message: str):
-    """Outputs for a request that cannot run: the reason in the status line, the rest unchanged."""
-    return (_warn(message),) + (gr.skip(),) * 7
 
 
 def _reset():
@@ -607,7 +344,7 @@ def error_demo(message: str, model: str, playground: PlaygroundModel | ReleaseEr
         else:
             with gr.Tabs(elem_id="tabs"):
                 with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
-                    _playground_tab(playground, concurrency, update_every)
+                    playground_tab(playground, concurrency, update_every)
                 with gr.Tab("Ask", id="ask", elem_id="tab-ask"):
                     explain()
     if playground is not None:
@@ -625,7 +362,7 @@ def launch(demo: gr.Blocks, cfg: AppConfig, block: bool = True):
 def make_app(cfg: AppConfig) -> gr.Blocks:
     """Load the model and build the page (with the Playground tab when a release is found), or the
     page explaining why the model could not be loaded."""
-    playground = load_playground(cfg.playground)
+    playground = load_playground(cfg.playground, default=SHIPPED_RELEASE)
     if isinstance(playground, ReleaseError):
         log.error("playground release: %s", playground)
     if isinstance(playground, Release):

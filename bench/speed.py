@@ -319,7 +319,7 @@ class Bench:
                                        "prefill_tokens": done.prefill_tokens}
 
     def case_rollout(self) -> None:
-        from mgpo.rows import Sampling
+        from mgpo.conversation import Sampling
 
         c = self.cfg
         eng, _ = self.engine(answer_tokens=c.rollout_tokens)
@@ -356,7 +356,7 @@ class Bench:
         from train.logprobs import collate, token_logprobs
 
         from train.config import LM_TARGETS
-        from mgpo.rows import Sampling
+        from mgpo.conversation import Sampling
 
         c = self.cfg
         eng, backend = self.engine(answer_tokens=c.rollout_tokens)

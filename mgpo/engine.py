@@ -32,10 +32,12 @@ from PIL import Image
 
 from . import geometry
 from .events import BoxPredicted, CropReady, FinalAnswer, TextDelta, TurnFinished, TurnStarted
-from .rows import FedImage, Sampling
+from .conversation import FedImage, Sampling
 from .images import MAX_IMAGE_PIXELS, load_image
 from .parsing import answer_letter, extract_boxed, parse_bbox
 from .prompts import LETTERS, get_prompts, render, user_message
+
+__all__ = ["DEFAULT_MODEL", "Engine", "EngineConfig", "InputError", "Request", "Rollout", "Sampling", "drain"]
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 _CONTROL = re.compile(r"<\|[A-Za-z_]+\|>")  # Qwen's special tokens: <|im_end|>, <|image_pad|>, …

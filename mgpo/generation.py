@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from .parsing import complete_fenced_box
-from .rows import Conversations, FedImage, Generated, Row, Sampling
+from .conversation import Conversations, FedImage, Generated, Row, Sampling
 
 def unwrap(model):
     """The ``Qwen2_5_VLForConditionalGeneration`` inside a peft wrapper (LoRA layers stay live)."""

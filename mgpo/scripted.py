@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from .parsing import complete_fenced_box
-from .rows import Conversations, FedImage, Generated, Row, Sampling
+from .conversation import Conversations, FedImage, Generated, Row, Sampling
 
 IMAGE_TOKEN = 256
 IM_END = 257

@@ -9,11 +9,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from .adapters import AdapterPolicy, AdapterStore
 from .engine import Engine, EngineConfig
 from .eval.scoring import iou
-from .playground.release import DEFAULT_RELEASE, Release, ReleaseError
+from .playground.release import Release, ReleaseError
 from .playground.world import MAX_NEW_TOKENS, Budgets, make_scene
 from .prompts import LETTERS
 
@@ -106,16 +107,16 @@ class PlaygroundModel:
                                       str(adapter) if adapter else None)
 
 
-def load_playground(folder: str | None) -> Release | ReleaseError | None:
-    """The release for a playground view: ``folder``, or the shipped ``examples/playground`` when
-    it exists; None for none or "off". A release that does not load comes back as its
-    :class:`ReleaseError`, for the front end to show."""
+def load_playground(folder: str | None, default: str | Path | None = None) -> Release | ReleaseError | None:
+    """The release for a playground view: ``folder``, or ``default`` (an app's shipped release,
+    e.g. a clone's ``examples/playground``) when it exists; None for none or "off". A release that
+    does not load comes back as its :class:`ReleaseError`, for the front end to show."""
     if folder and folder.strip().lower() in ("off", "none", "no", "0"):
         return None
     if not folder:
-        if not DEFAULT_RELEASE.exists():
+        if default is None or not Path(default).exists():
             return None
-        folder = str(DEFAULT_RELEASE)
+        folder = str(default)
     try:
         return Release.load(folder)
     except ReleaseError as e:

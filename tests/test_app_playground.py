@@ -17,7 +17,7 @@ from conftest import BOX_TEXT
 from mgpo.engine import Engine
 from mgpo.playground.release import (MODEL_COLOUR, TRUTH_COLOUR, Checkpoint, Release, ReleaseError, draw_boxes,
                                      summary_markdown, write_index)
-from mgpo.playground.world import make_scene, split_seeds
+from mgpo.playground.world import SPLITS, make_scene, split_seeds
 from mgpo.scripted import ScriptedBackend
 from test_app import PARKING, run_args, scripted_engine, serve
 
@@ -239,7 +239,7 @@ def test_playground_run_says_wrong_and_no_usable_box(scripted_playground):
 def test_new_scene_draws_a_held_out_seed_and_shows_it_without_the_answer(scripted_playground):
     scene, start = scripted_playground
     client = Client(start(right=True), verbose=False)
-    lo, hi = app.SPLITS["test"]
+    lo, hi = SPLITS["test"]
     seeds = {int(client.predict(api_name="/playground_new")) for _ in range(3)}
     assert all(lo <= s < hi for s in seeds) and len(seeds) > 1
     status, md, chat, boxes, crops, answer, result = client.predict(SEED, api_name="/playground_scene")
@@ -302,8 +302,8 @@ def test_the_app_without_a_release_has_no_playground_tab(monkeypatch, tmp_path):
     assert not any("playground" in str(d.get("api_name")) for d in demo.get_config_file()["dependencies"])
     from mgpo import service
 
-    monkeypatch.setattr(service, "DEFAULT_RELEASE", tmp_path / "no-release")
-    assert service.load_playground(None) is None and service.load_playground("off") is None
+    assert service.load_playground(None, default=tmp_path / "no-release") is None
+    assert service.load_playground(None) is None and service.load_playground("off", default=app.SHIPPED_RELEASE) is None
 
 
 def test_a_broken_release_shows_its_error_in_the_tab_and_the_ask_tab_works(tmp_path):

@@ -17,6 +17,7 @@ import pytest
 
 import app
 from mgpo.playground.release import Release
+from mgpo.playground.world import SPLITS
 from test_app import CHOICES, PARKING, free_port, scripted_engine, serve
 
 pytestmark = pytest.mark.slow
@@ -211,7 +212,7 @@ def test_playground_tab_runs_a_checkpoint_on_a_new_scene(page, playground_url):
     page.locator("#pg-new").click()
     page.wait_for_function(f"document.querySelector('#pg-seed input').value !== '{first}'", timeout=20_000)
     seed = int(page.locator("#pg-seed input").input_value())
-    lo, hi = app.SPLITS["test"]
+    lo, hi = SPLITS["test"]
     assert lo <= seed < hi
     page.wait_for_function(f"document.querySelector('#pg-scene').innerText.includes('Seed {seed}')", timeout=20_000)
     assert "Which way do the stripes on the" in page.locator("#pg-scene").inner_text()

@@ -6,7 +6,7 @@ import torch
 from mgpo.engine import Engine, EngineConfig, Request
 from bench.forced import ForcedBackend
 from mgpo.generation import QwenBackend
-from mgpo.rows import Sampling
+from mgpo.conversation import Sampling
 
 from conftest import BOX_TEXT, noise_image
 

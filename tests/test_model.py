@@ -75,7 +75,7 @@ def test_engine_from_pretrained_with_an_adapter_runs_through_the_lora(tiny_model
 
     from mgpo.engine import Engine, Request
     from mgpo.generation import unwrap
-    from mgpo.rows import Sampling
+    from mgpo.conversation import Sampling
 
     from conftest import noise_image
 

@@ -17,7 +17,7 @@ from mgpo.eval.datasets import DataError
 from mgpo.eval.scoring import iou
 from mgpo.parsing import extract_boxed, parse_bbox
 from mgpo.playground import legibility
-from mgpo.playground.skills import SKILLS, GROUND_PROMPTS, scene_examples, skill_examples
+from mgpo.playground.skill_examples import SKILLS, GROUND_PROMPTS, scene_examples, skill_examples
 from mgpo.playground.world import (CARD_ALPHA, COLOURS, N_CARDS, PATTERNS, SPLITS, Budgets, main as world_cli, make_scene,
                                    split_of, render, split_seeds, stripe_ink)
 from mgpo.prompts import LETTERS, get_prompts
@@ -161,7 +161,7 @@ def test_grounding_prompt_shares_the_turn1_phrase():
 
 
 def test_ask_grounding_is_mgpos_turn1_around_other_questions_about_the_card():
-    from mgpo.playground.skills import ASK_QUESTIONS
+    from mgpo.playground.skill_examples import ASK_QUESTIONS
     from mgpo.playground.world import question
     from mgpo.prompts import render
 
@@ -202,7 +202,7 @@ def test_reading_and_answering_examples_are_well_formed():
 
 def test_zoom_examples_read_the_crop_of_the_turn1_box_in_mgpos_turn2():
     from mgpo.parsing import find_bbox
-    from mgpo.playground.skills import ASK_QUESTIONS, ZOOM_QUESTIONS
+    from mgpo.playground.skill_examples import ASK_QUESTIONS, ZOOM_QUESTIONS
     from mgpo.playground.world import question
     from mgpo.prompts import render
 
@@ -365,7 +365,7 @@ def test_iou_is_plain_box_overlap():
 
 
 def test_cell_examples_name_the_board_cell_of_each_card():
-    from mgpo.playground.skills import cell_examples
+    from mgpo.playground.skill_examples import cell_examples
     from mgpo.playground.world import GRID
 
     scene = make_scene(split_seeds("skills", 1, 7)[0])
@@ -394,7 +394,7 @@ def test_cards_sit_in_distinct_board_slots_and_free_placement_still_works():
 
 def test_label_first_replies_name_the_card_before_the_box():
     from mgpo.parsing import find_bbox
-    from mgpo.playground.skills import bbox_json, scene_examples
+    from mgpo.playground.skill_examples import bbox_json, scene_examples
 
     text = bbox_json((14, 28, 56, 70), "red card", label_first=True)
     assert text.index('"label"') < text.index('"bbox_2d"') and find_bbox(text).box == (14, 28, 56, 70)

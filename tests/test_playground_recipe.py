@@ -16,7 +16,7 @@ from train.playground import cards, config, recipe, rl, runtime, skills, vision
 
 @pytest.fixture(scope="module")
 def examples():
-    from mgpo.playground.skills import scene_examples
+    from mgpo.playground.skill_examples import scene_examples
 
     ex = scene_examples(3, prompt="where")
     by = {e.skill: e for e in ex}
@@ -51,7 +51,7 @@ def test_zoom_example_is_the_engines_two_turn_conversation(tiny_loaded):
     when turn 1 replied with the example's box: the same overview, reply, crop and prompts."""
     from mgpo.engine import Engine, EngineConfig, Request
     from bench.forced import ForcedBackend
-    from mgpo.playground.skills import scene_examples
+    from mgpo.playground.skill_examples import scene_examples
     from mgpo.playground.world import PATTERNS, Budgets, make_scene
     from mgpo.prompts import get_prompts, register, with_name
 
@@ -317,7 +317,7 @@ def test_only_the_vision_phases_move_the_vision_tower(tiny_loaded, monkeypatch):
 
 
 def test_a_phases_clutter_share_reaches_the_scenes_its_stream_draws(monkeypatch):
-    import mgpo.playground.skills as examples
+    import mgpo.playground.skill_examples as examples
 
     seen = []
     real = examples.scene_examples

@@ -22,7 +22,7 @@ from bench.forced import ForcedBackend
 from mgpo.generation import QwenBackend
 from mgpo.parsing import parse_bbox
 from mgpo.prompts import PAPER, names, get_prompts, render, user_message
-from mgpo.rows import Sampling
+from mgpo.conversation import Sampling
 
 from conftest import BOX_TEXT, QWEN_FILES, noise_image
 

@@ -36,7 +36,7 @@ import torch
 from mgpo import geometry
 from mgpo.engine import Engine, InputError, Request
 from mgpo.images import ImageError, load_image
-from mgpo.rows import Sampling
+from mgpo.conversation import Sampling
 
 from . import checkpoint as ckpt
 from .config import VISION_TARGETS, ConfigError, TrainConfig

@@ -39,7 +39,7 @@ from .. import geometry
 from ..engine import DEFAULT_MODEL, Engine, EngineConfig, InputError, Request, drain
 from ..events import TurnFinished
 from ..images import ImageError, load_image
-from ..rows import Sampling
+from ..conversation import Sampling
 from .datasets import Benchmark, Item
 from .report import markdown
 from .scoring import extract_letter, score

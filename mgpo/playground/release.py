@@ -30,7 +30,6 @@ from PIL import Image
 
 from ..transcript import TURN_COLOURS, Mark, draw_marks
 
-DEFAULT_RELEASE = Path(__file__).resolve().parents[2] / "examples" / "playground"
 INDEX = "checkpoints.json"
 DISPLAY_SIDE = 1024                  # draw_boxes scales the scene to at most this many pixels a side
 TRUTH_COLOUR = (0, 170, 70)

@@ -73,7 +73,7 @@ class RecipeConfig:
     vision_hidden: int = 128          # vision tower hidden size
     vision_depth: int = 4             # vision tower blocks
     embed_std: float = 1.0            # token-embedding init (0: the config's 0.02; see build_model)
-    vocab_size: int = 1024            # byte-level BPE learned from the playground's texts (mgpo.playground.skills.corpus)
+    vocab_size: int = 1024            # byte-level BPE learned from the playground's texts (mgpo.playground.skill_examples.corpus)
     corpus_scenes: int = 40           # scenes whose texts the tokenizer learns from
     # base skills, stage 0: the vision tower (a linear probe's targets; see vision.pretrain_vision)
     vision_steps: int = 0             # probe pretraining steps of the vision tower (0: none)
@@ -85,19 +85,19 @@ class RecipeConfig:
     skill_steps: int = 60             # optimizer steps (without a curriculum)
     skill_batch: int = 16             # examples per step
     skill_lr: float = 2e-3            # learning rate (without a curriculum)
-    skill_prompt: str = "locate,where"   # grounding wordings (mgpo.playground.skills.GROUND_PROMPTS), one per example
+    skill_prompt: str = "locate,where"   # grounding wordings (mgpo.playground.skill_examples.GROUND_PROMPTS), one per example
     skill_system: str = "mgpo,default"   # system prompts of the skill examples, one per example: mgpo (the paper's) | default
     skill_simple: float = 0.3         # share of clutter-free skill scenes
     skill_buffer: int = 8             # scenes shuffled together in the example stream
     skill_eval_every: int = 0         # held-out skill scores every N steps (0: at the end only if > 0 steps)
     skill_eval_scenes: int = 12       # VAL scenes of each held-out skill evaluation
-    skills: str = "ground,read,answer,cell"   # mgpo.playground.skills.SKILLS in the mix (without a curriculum)
+    skills: str = "ground,read,answer,cell"   # mgpo.playground.skill_examples.SKILLS in the mix (without a curriculum)
     curriculum: str = ""              # phases "SKILLS:STEPS:LR[:SIMPLE][:vision]" separated by spaces, e.g.
                                       # "cell:600:2e-3 cell,ground:900:5e-4 ground:300:3e-4:0.3:vision": each phase
                                       # trains its skills (earlier ones kept by naming them again) with its own
                                       # learning rate, share of clutter-free scenes (else skill_simple) and, with
                                       # ":vision", the vision tower too; "" = one phase of skills / skill_steps / skill_lr
-    label_first: bool = False         # grounding/cell replies name the card first (mgpo.playground.skills.bbox_json)
+    label_first: bool = False         # grounding/cell replies name the card first (mgpo.playground.skill_examples.bbox_json)
     min_cards: int = N_CARDS[0]       # cards per scene, at least (the world's default)
     max_cards: int = N_CARDS[1]       # cards per scene, at most (the world's default)
     skills_from: str = ""             # continue the skills stage from this checkpoint ("" = OUT/random)
@@ -128,7 +128,7 @@ class RecipeConfig:
         return cls(size=size, **{**SIZES[size], **{k: v for k, v in overrides.items() if v is not None}})
 
     def check(self) -> "RecipeConfig":
-        from mgpo.playground.skills import GROUND_PROMPTS, SKILLS
+        from mgpo.playground.skill_examples import GROUND_PROMPTS, SKILLS
 
         problems = []
         for name in ("hidden", "layers", "vision_hidden", "vision_depth", "skill_batch", "rl_scenes",

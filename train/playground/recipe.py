@@ -7,7 +7,7 @@ Stages (each writes into ``--out``; ``--stages`` picks some):
 1. **model** — a random-weight Qwen2.5-VL at a small size (``mgpo.tiny.build``; CPU size: text
    hidden 256 × 4 layers, vision hidden 128 × depth 4, the processor's min/max pixels = the
    playground budgets) with a byte-level BPE tokenizer learned from the playground's texts
-   (:func:`mgpo.playground.skills.corpus`: ~4× fewer tokens than bytes) and token embeddings drawn
+   (:func:`mgpo.playground.skill_examples.corpus`: ~4× fewer tokens than bytes) and token embeddings drawn
    with std ``embed_std`` → ``OUT/random``.
 2. **skills** — what a pretrained VLM brings, taught on the "skills" seed range, never the task's
    question → box: (0) ``vision_steps`` of vision-tower pretraining through a linear probe thrown
@@ -63,7 +63,7 @@ from .vision import pretrain_vision
 
 def build_model(cfg: RecipeConfig, out: Path) -> Path:
     """A random small Qwen2.5-VL checkpoint whose processor uses the playground budgets."""
-    from mgpo.playground.skills import corpus
+    from mgpo.playground.skill_examples import corpus
     from mgpo.playground.world import Budgets
     from mgpo.tiny import build, build_tokenizer
 

@@ -1,5 +1,5 @@
 """Stage 2 of the recipe, the base skills: supervised training on skill examples
-(:mod:`mgpo.playground.skills`), never the task's question → box, phase by phase, with held-out scores."""
+(:mod:`mgpo.playground.skill_examples`), never the task's question → box, phase by phase, with held-out scores."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def example_prompts(backend, examples, systems):
     ``QwenBackend.start`` renders it (after ``systems[i]``, None for the template's default),
     then every earlier turn of its context — the reply's tokens (not learned) and the next user
     turn as the engine appends it."""
-    from mgpo.rows import Conversations
+    from mgpo.conversation import Conversations
 
     rows = []
     for example, system in zip(examples, systems):
@@ -86,7 +86,7 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
     buffer of ``cfg.skill_buffer`` scenes so a batch mixes scenes and skills. Each example is
     ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``);
     ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``)."""
-    from mgpo.playground.skills import scene_examples
+    from mgpo.playground.skill_examples import scene_examples
     from mgpo.playground.world import SPLITS, Budgets
 
     rng = random.Random(f"{cfg.seed}:{split}:{start}")
@@ -118,10 +118,10 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     from mgpo.engine import drain
     from mgpo.eval.scoring import iou
     from mgpo.parsing import find_bbox
-    from mgpo.playground.skills import ground_examples, scene_examples
+    from mgpo.playground.skill_examples import ground_examples, scene_examples
     from mgpo.playground.world import Budgets, make_scene, split_seeds
     from mgpo.prompts import get_prompts, render
-    from mgpo.rows import Sampling
+    from mgpo.conversation import Sampling
 
     system = skill_system_prompt(cfg.skill_system.split(",")[0].strip())
     seeds = split_seeds("val", n_scenes)

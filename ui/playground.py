@@ -1,0 +1,184 @@
+"""The Playground tab: a generated held-out scene per click, MGPO's turns streamed, the model's box
+against the hidden one, the release's checkpoints to compare, and its training curves."""
+
+from __future__ import annotations
+
+import random
+
+import gradio as gr
+
+from mgpo.playground.release import Release, ReleaseError, draw_boxes, summary_markdown
+from mgpo.playground.world import SPLITS, split_of, split_seeds
+from mgpo.prompts import LETTERS
+from mgpo.service import PlaygroundModel, parse_seed, verdict
+from mgpo.service import scene as make_playground_scene
+from mgpo.transcript import Transcript
+
+from .common import follow, warn
+
+PLAYGROUND_INTRO = (
+    "A generated world where the answer needs the zoom: each 2048×2048 scene hides one small coloured card in "
+    "clutter, and the question asks which way the fine stripes on its label run. In turn 1 the model sees a "
+    "224×224 overview: the card is easy to find, but its stripes blur to a flat grey square; in the crop of the "
+    "card they are plain to see. The model is a "
+    "small Qwen2.5-VL trained here from random weights: base skills first (finding cards by name, reading "
+    "close-ups), then MGPO RL with the answer reward alone: it never saw a box for this question. Pick a "
+    "checkpoint to compare before and after RL. The card's true place (green, dashed) is shown after the run."
+)
+SPLIT_NOTES = {
+    "test": "a held-out test scene",
+    "val": "a validation scene",
+    "train": "a scene of the RL training range (the model may have trained on it)",
+    "skills": "a scene of the base-skills range (the supervised training saw its cards)",
+}
+RELEASE_HELP = (
+    "A release folder holds `model/` (a Qwen2.5-VL checkpoint), `adapters/<name>/` (LoRA adapters), "
+    "`checkpoints.json` (the checkpoints, see `mgpo/playground/release.py`) and optionally `metrics.jsonl`, "
+    "`curves.png` and `summary.json`. Point the app at one with `python app.py --playground DIR` "
+    "(or `MGPO_PLAYGROUND`); `--playground off` hides this tab."
+)
+
+
+def _scene_markdown(scene) -> str:
+    """The question and its choices; the answer stays hidden until a run ends."""
+    note = SPLIT_NOTES.get(split_of(scene.seed), "outside every seed split")
+    choices = " · ".join(f"**({letter})** {c}" for letter, c in zip(LETTERS, scene.choices))
+    return f"**Seed {scene.seed}** · {note}\n\n### {scene.question}\n\n{choices}"
+
+
+def verdict_line(scene, view: Transcript) -> tuple[str, tuple | None]:
+    """The result line of a playground run and its first valid box (original pixels) or None."""
+    v = verdict(scene, view.runs["mgpo"].final if "mgpo" in view.runs else None,
+                [e for run, e, _ in view.boxes if run == "mgpo"])
+    if v.right:
+        line = f"✅ **Right**: the model answered **{v.truth}**."
+    elif v.letter:
+        line = f"❌ **Wrong**: the model answered {view.answer('mgpo')}; the answer is **{v.truth}**."
+    else:
+        line = f"❌ **Wrong**: the model gave no choice letter; the answer is **{v.truth}**."
+    if v.box is not None:
+        line += f" IoU of its box with the hidden {scene.name}: **{v.iou:.2f}**."
+    else:
+        line += f" No usable box ({v.no_box_reason}), so no IoU."
+    return line, v.box
+
+
+def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_every: float) -> None:
+    """The Playground tab's components and events (inside the open ``gr.Tab``)."""
+    if isinstance(pg, ReleaseError):
+        gr.Markdown(f"### The playground release could not be loaded\n\n{pg}\n\n{RELEASE_HELP}", elem_id="pg-error")
+        return
+    release = pg.release
+    first = split_seeds("test", 1)[0]
+    lo, hi = SPLITS["test"]
+    skip = gr.skip()
+    gr.Markdown(PLAYGROUND_INTRO, elem_id="pg-intro")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=340):
+            with gr.Row():
+                seed = gr.Number(first, label="Scene seed", precision=0, elem_id="pg-seed",
+                                 info=f"test scenes {lo:,}–{hi - 1:,}; Enter shows one")
+                new_btn = gr.Button("New scene", elem_id="pg-new", scale=0, min_width=140)
+            scene_md = gr.Markdown(_scene_markdown(make_playground_scene(first)), elem_id="pg-scene")
+            checkpoint = gr.Radio([(f"{c.name} (step {c.step})", c.name) for c in release.checkpoints],
+                                  value=release.default, label="Checkpoint", elem_id="pg-checkpoint",
+                                  info="step 0 = the base-skills model; later steps add MGPO RL's LoRA adapter")
+            with gr.Row():
+                run_btn = gr.Button("Run", variant="primary", elem_id="pg-run")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="pg-stop")
+            status = gr.Markdown("Press **Run**: the model boxes a card, reads the crop, answers.", elem_id="pg-status")
+            answer = gr.Textbox(label="Model answer", interactive=False, elem_id="pg-answer",
+                                elem_classes=["answer", "answer-mgpo"])
+            result = gr.Markdown("", elem_id="pg-result")
+        with gr.Column(scale=6, min_width=420):
+            with gr.Row(equal_height=True):
+                boxes = gr.Image(draw_boxes(make_playground_scene(first).image, None, None), interactive=False, height=380,
+                                 label="Boxes: model (orange), truth (green)",
+                                 format="jpeg", elem_id="pg-boxes", buttons=["fullscreen"])
+                crops = gr.Gallery(label="Crop, as fed to the model", columns=1, height=380, object_fit="contain",
+                                   format="jpeg", elem_id="pg-crops", allow_preview=True)
+            chat = gr.Chatbot(label="Transcript", height=360, elem_id="pg-transcript", group_consecutive_messages=False,
+                              feedback_options=None, buttons=["copy_all"])
+    _training_panel(release)
+
+    outputs = [status, scene_md, chat, boxes, crops, answer, result]
+
+    def show(seed_value):
+        try:
+            scene = make_playground_scene(parse_seed(seed_value))
+        except ValueError as e:
+            return (warn(str(e)),) + (skip,) * 6
+        return ("Press **Run**.", _scene_markdown(scene), [], draw_boxes(scene.image, None, None), [], "", "")
+
+    def run(seed_value, name):
+        try:
+            scene = make_playground_scene(parse_seed(seed_value))
+            ckpt = release.checkpoint(name or release.default)
+        except ValueError as e:
+            yield (warn(str(e)),) + (skip,) * 6
+            return
+        view = Transcript(scene.image, scene.question, scene.choices)
+        updates = follow(view, pg.events(scene, ckpt.name), update_every)
+        shown = False
+        try:
+            for changed in updates:
+                if isinstance(changed, str):
+                    yield (warn(changed),) + (skip,) * 6
+                    continue
+                verdict, image = skip, view.box_image() if "boxes" in changed else skip
+                if "done" in changed:
+                    view.status += f" Checkpoint **{ckpt.name}** (step {ckpt.step})."
+                    verdict, box = verdict_line(scene, view)
+                    image = draw_boxes(scene.image, scene.box, box)
+                yield (view.status, skip if shown else _scene_markdown(scene),
+                       view.messages if "chat" in changed else skip, image,
+                       view.gallery() if "crops" in changed else skip,
+                       view.answer("mgpo") if "answer" in changed else skip, verdict)
+                shown = True
+        finally:
+            updates.close()   # a stopped request stops generating here
+
+    new_btn.click(lambda: random.randrange(lo, hi), outputs=[seed], queue=False, api_name="playground_new").then(
+        show, inputs=[seed], outputs=outputs, queue=False, api_name=False)
+    seed.submit(show, inputs=[seed], outputs=outputs, queue=False, api_name="playground_scene")
+    clear = run_btn.click(lambda: ("Working…", skip, [], skip, [], "", ""), outputs=outputs, queue=False, api_name=False)
+    event = clear.then(run, inputs=[seed, checkpoint], outputs=outputs, api_name="playground_run",
+                       concurrency_limit=concurrency, concurrency_id="model")
+    stop_btn.click(None, cancels=[event], queue=False).then(
+        lambda: "Stopped.", outputs=[status], queue=False, api_name="playground_stop")
+
+
+def _training_panel(release: Release) -> None:
+    """The release's training curves, metrics and evaluation numbers, and its model card."""
+    points = release.curve_points()
+    table = summary_markdown(release.summary)
+    with gr.Accordion("Training and evaluation of this release", open=True):
+        if release.curves or points:
+            with gr.Row(equal_height=True):
+                if release.curves:
+                    gr.Image(str(release.curves), label="Training curves (curves.png)", interactive=False,
+                             elem_id="pg-curves", buttons=["fullscreen"])
+                if points:
+                    import pandas as pd
+
+                    gr.LinePlot(pd.DataFrame(points), x="step", y="value", color="series", color_title="",
+                                label="MGPO RL per step (metrics.jsonl)", x_title="RL step", y_title="mean over the step",
+                                elem_id="pg-metrics")
+        if table:
+            gr.Markdown(f"**Evaluation** (`summary.json`)\n\n{table}", elem_id="pg-summary")
+        if not (release.curves or points or table):
+            gr.Markdown("This release has no `curves.png`, `metrics.jsonl` or `summary.json`.", elem_id="pg-summary")
+        gr.Markdown(f"Release `{release.folder}`: model `{release.model.name}/`, "
+                    f"{sum(c.adapter is not None for c in release.checkpoints)} RL checkpoints as LoRA adapters.")
+    card = release.folder / "README.md"
+    if card.is_file():
+        with gr.Accordion("Model card (README.md)", open=False):
+            gr.Markdown(_strip_front_matter(card.read_text(errors="replace")), elem_id="pg-card")
+
+
+def _strip_front_matter(text: str) -> str:
+    if text.startswith("---\n"):
+        end = text.find("\n---", 4)
+        if end >= 0:
+            return text[end + 4:].lstrip("\n")
+    return text

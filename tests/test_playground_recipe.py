@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from train.playground import cards, config, recipe, rl, runtime, skills, vision
+from train.playground import cards, recipe, rl, runtime, settings, skills, vision
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_rendering_workers_give_the_same_data_in_the_same_order(tmp_path):
     def key(ex):
         return ex.skill, ex.prompt, ex.target, [im.tobytes() for im in ex.images]
 
-    cfg = config.RecipeConfig.for_size("ci", workers=0, skill_buffer=2)
+    cfg = settings.RecipeConfig.for_size("ci", workers=0, skill_buffer=2)
     alone = [(key(ex), system) for ex, system in itertools.islice(skills.skill_stream(cfg), 12)]
     cfg.workers = 2
     stream = skills.skill_stream(cfg)
@@ -183,30 +183,30 @@ def test_whiten_merger_keeps_only_the_probe_directions_whitened():
 
 def test_data_workers_default_to_none_without_a_gpu(monkeypatch):
     monkeypatch.setattr(runtime, "cuda_available", lambda: False)
-    assert runtime.data_workers(config.RecipeConfig()) == 0
+    assert runtime.data_workers(settings.RecipeConfig()) == 0
     monkeypatch.setattr(runtime, "cuda_available", lambda: True)
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert runtime.data_workers(config.RecipeConfig()) == 15
-    assert runtime.data_workers(config.RecipeConfig(workers=3)) == 3
+    assert runtime.data_workers(settings.RecipeConfig()) == 15
+    assert runtime.data_workers(settings.RecipeConfig(workers=3)) == 3
 
 
 def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     from mgpo.playground.world import Budgets
 
-    cfg = config.RecipeConfig.for_size("cpu")
+    cfg = settings.RecipeConfig.for_size("cpu")
     tc = rl.rl_config(cfg, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check()
     assert tc.mode == "mgpo" and tc.max_turns == 2 and tc.rewards == {"accuracy": 1.0}
     assert (tc.min_pixels, tc.max_pixels) == (Budgets().engine()["min_pixels"], Budgets().engine()["max_pixels"])
     assert tc.temperature == cfg.rl_temperature and tc.steps == cfg.rl_steps
     # the paper's rollout temperature 1.0 (the shipped model's RL ran with it)
-    assert cfg.rl_temperature == 1.0 and config.RecipeConfig.for_size("gpu").rl_temperature == 1.0
+    assert cfg.rl_temperature == 1.0 and settings.RecipeConfig.for_size("gpu").rl_temperature == 1.0
     # the shipped RL decays its rate on a cosine (at a constant one it fell back late in 64 steps)
     assert tc.lr_schedule == cfg.rl_schedule == "cosine" and tc.lr == cfg.rl_lr
     assert "lr 0.001, cosine schedule)" in cards.release_card(cfg, {}, [])
-    constant = config.RecipeConfig.for_size("cpu", rl_schedule="constant")
+    constant = settings.RecipeConfig.for_size("cpu", rl_schedule="constant")
     assert "lr 0.001)" in cards.release_card(constant, {}, [])       # a constant rate: the card as before
     with pytest.raises(ValueError, match="rl_schedule must be"):
-        config.RecipeConfig(rl_schedule="wavy").check()
+        settings.RecipeConfig(rl_schedule="wavy").check()
 
 
 def test_help_tells_each_flag_and_its_default_by_size(capsys):
@@ -214,52 +214,52 @@ def test_help_tells_each_flag_and_its_default_by_size(capsys):
 
     from train.config import field_help
 
-    assert set(field_help(config.RecipeConfig)) == {f.name for f in dataclasses.fields(config.RecipeConfig)}
+    assert set(field_help(settings.RecipeConfig)) == {f.name for f in dataclasses.fields(settings.RecipeConfig)}
     with pytest.raises(SystemExit):
         recipe.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--rl-steps RL_STEPS optimizer steps; LoRA snapshots at 20 % (early)" in text
     assert "(default by --size: ci 4, cpu 64, gpu 150)" in text
     assert "(default by --size: ci 8, cpu 32; else 64)" in text                # lora_r: gpu keeps the field's
-    assert 'each phase trains its skills' in text and "see SIZES in train/playground/config.py" in text
+    assert 'each phase trains its skills' in text and "see SIZES in train/playground/settings.py" in text
     assert "--kl-coef KL_COEF the small model's base is our own SFT; no KL anchor needed (default: 0.0)" in text
 
 
 def test_bad_settings_are_clear_errors(capsys):
     with pytest.raises(ValueError, match="unknown size"):
-        config.RecipeConfig.for_size("tpu")
+        settings.RecipeConfig.for_size("tpu")
     with pytest.raises(ValueError, match="unknown stage"):
-        config.RecipeConfig(stages="model,dance").check()
+        settings.RecipeConfig(stages="model,dance").check()
     with pytest.raises(ValueError, match="skill_prompt"):
-        config.RecipeConfig(skill_prompt="nope").check()
+        settings.RecipeConfig(skill_prompt="nope").check()
     assert recipe.main(["--out", "/tmp/x", "--group-size", "0"]) == 2
     assert "group_size must be at least 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not SKILLS:STEPS:LR"):
-        config.RecipeConfig(curriculum="cell:600").check()
+        settings.RecipeConfig(curriculum="cell:600").check()
     with pytest.raises(ValueError, match="unknown skill"):
-        config.RecipeConfig(curriculum="cell:6:1e-3 juggle:6:1e-3").check()
+        settings.RecipeConfig(curriculum="cell:6:1e-3 juggle:6:1e-3").check()
     with pytest.raises(ValueError, match="learning rate > 0"):
-        config.RecipeConfig(curriculum="cell:6:0").check()
+        settings.RecipeConfig(curriculum="cell:6:0").check()
     assert recipe.main(["--out", "/tmp/x", "--curriculum", "cell:six:1e-3"]) == 2
     assert "not SKILLS:STEPS:LR" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         recipe.main(["--out", "/tmp/x", "--train-vision", "maybe"])
     assert "--train-vision: expected yes or no, got 'maybe'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="clutter-free"):
-        config.RecipeConfig(curriculum="cell:6:1e-3:1.5").check()
+        settings.RecipeConfig(curriculum="cell:6:1e-3:1.5").check()
     for bad in ("cell:6:1e-3:0.5:9", "cell:6:1e-3:vision:0.5", "cell:6:1e-3:0.5:0.5:vision"):
         with pytest.raises(ValueError, match=r"not SKILLS:STEPS:LR\[:SIMPLE\]\[:vision\]"):
-            config.RecipeConfig(curriculum=bad).check()
+            settings.RecipeConfig(curriculum=bad).check()
 
 
 def test_curriculum_phases_keep_their_own_skills_steps_rates_and_clutter():
-    cfg = config.RecipeConfig(curriculum="cell:600:2e-3  cell,ground:900:5e-4 cell,ground,read:300:5e-4:0.25",
+    cfg = settings.RecipeConfig(curriculum="cell:600:2e-3  cell,ground:900:5e-4 cell,ground,read:300:5e-4:0.25",
                               skill_simple=1.0)
-    assert cfg.phases() == [config.Phase(("cell",), 600, 2e-3), config.Phase(("cell", "ground"), 900, 5e-4),
-                            config.Phase(("cell", "ground", "read"), 300, 5e-4, 0.25)]
+    assert cfg.phases() == [settings.Phase(("cell",), 600, 2e-3), settings.Phase(("cell", "ground"), 900, 5e-4),
+                            settings.Phase(("cell", "ground", "read"), 300, 5e-4, 0.25)]
     assert cfg.skill_list() == ("cell", "ground", "read") and sum(ph.steps for ph in cfg.phases()) == 1800
-    plain = config.RecipeConfig(skills="ground,read", skill_steps=7, skill_lr=1e-3)   # no curriculum: one phase
-    assert plain.phases() == [config.Phase(("ground", "read"), 7, 1e-3)]
+    plain = settings.RecipeConfig(skills="ground,read", skill_steps=7, skill_lr=1e-3)   # no curriculum: one phase
+    assert plain.phases() == [settings.Phase(("ground", "read"), 7, 1e-3)]
     assert ("cell for 600 steps at lr 0.002 (100 % clutter-free scenes), then cell+ground for 900 steps at lr 0.0005 "
             "(100 % clutter-free scenes), then cell+ground+read for 300 steps at lr 0.0005 (25 % clutter-free scenes)"
             ) in cards.skills_text(cfg)
@@ -267,25 +267,25 @@ def test_curriculum_phases_keep_their_own_skills_steps_rates_and_clutter():
 
 
 def test_a_phase_may_train_the_vision_tower_where_the_run_keeps_it_frozen():
-    cfg = config.RecipeConfig(curriculum="ground:600:1e-3 ground,zoom:400:3e-4:0.3:vision ground:5:1e-4:vision",
+    cfg = settings.RecipeConfig(curriculum="ground:600:1e-3 ground,zoom:400:3e-4:0.3:vision ground:5:1e-4:vision",
                               vision_steps=60)
-    assert cfg.check().phases() == [config.Phase(("ground",), 600, 1e-3), config.Phase(("ground", "zoom"), 400, 3e-4, 0.3, True),
-                                    config.Phase(("ground",), 5, 1e-4, None, True)]
-    assert config.vision_frozen(cfg) and [config.trains_vision(cfg, ph) for ph in cfg.phases()] == [False, True, True]
+    assert cfg.check().phases() == [settings.Phase(("ground",), 600, 1e-3), settings.Phase(("ground", "zoom"), 400, 3e-4, 0.3, True),
+                                    settings.Phase(("ground",), 5, 1e-4, None, True)]
+    assert settings.vision_frozen(cfg) and [settings.trains_vision(cfg, ph) for ph in cfg.phases()] == [False, True, True]
     text = cards.skills_text(cfg)
     assert ("a full fine-tune of the language model, the vision tower frozen except in the phases that say they "
             "trained it too") in text
     assert ("ground for 600 steps at lr 0.001 (30 % clutter-free scenes), then ground+zoom for 400 steps at lr 0.0003 "
             "(30 % clutter-free scenes, the vision tower trained too)") in text
     # a run that trains the tower anyway says so once, not per phase
-    whole = config.RecipeConfig(curriculum=cfg.curriculum, vision_steps=60, train_vision=True)
-    assert all(config.trains_vision(whole, ph) for ph in whole.phases())
+    whole = settings.RecipeConfig(curriculum=cfg.curriculum, vision_steps=60, train_vision=True)
+    assert all(settings.trains_vision(whole, ph) for ph in whole.phases())
     assert "the whole model, vision tower included" in cards.skills_text(whole)
     assert "trained too" not in cards.skills_text(whole)
-    for size in config.SIZES:                           # every size's curriculum parses and checks
-        config.RecipeConfig.for_size(size).check()
-    cpu = config.RecipeConfig.for_size("cpu")
-    assert config.vision_frozen(cpu) and any(ph.vision for ph in cpu.phases()) and not cpu.phases()[0].vision
+    for size in settings.SIZES:                           # every size's curriculum parses and checks
+        settings.RecipeConfig.for_size(size).check()
+    cpu = settings.RecipeConfig.for_size("cpu")
+    assert settings.vision_frozen(cpu) and any(ph.vision for ph in cpu.phases()) and not cpu.phases()[0].vision
 
 
 def test_only_the_vision_phases_move_the_vision_tower(tiny_loaded, monkeypatch):
@@ -302,7 +302,7 @@ def test_only_the_vision_phases_move_the_vision_tower(tiny_loaded, monkeypatch):
 
     snaps, real = [], skills.skill_stream
     monkeypatch.setattr(skills, "skill_stream", lambda cfg, **kw: snaps.append(snapshot()) or real(cfg, **kw))
-    cfg = config.RecipeConfig(curriculum="ground:2:1e-2 ground:2:1e-2:vision", vision_steps=60, skill_batch=2,
+    cfg = settings.RecipeConfig(curriculum="ground:2:1e-2 ground:2:1e-2:vision", vision_steps=60, skill_batch=2,
                               skill_eval_every=0, workers=0)
     skills.train_skills(loaded, cfg)
     snaps.append(snapshot())
@@ -322,7 +322,7 @@ def test_a_phases_clutter_share_reaches_the_scenes_its_stream_draws(monkeypatch)
     seen = []
     real = examples.scene_examples
     monkeypatch.setattr(examples, "scene_examples", lambda seed, **kw: seen.append(kw["simple"]) or real(seed, **kw))
-    cfg = config.RecipeConfig(skill_simple=0.5, skill_buffer=1, workers=0)
+    cfg = settings.RecipeConfig(skill_simple=0.5, skill_buffer=1, workers=0)
     for share in (0.0, None):
         seen.clear()
         next(skills.skill_stream(cfg, skills=("ground",), simple=share))
@@ -365,9 +365,9 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
     from mgpo.playground.release import Release, resolve
     from mgpo.playground.world import Budgets, make_scene, split_seeds
 
-    cfg = config.RecipeConfig(rl_steps=10)
+    cfg = settings.RecipeConfig(rl_steps=10)
     out = _recipe_out(tmp_path, fake_release, 10)
-    (out / "base" / "README.md").write_text(cards.base_card(config.RecipeConfig(curriculum="cell:600:2e-3"), [{"loss": 0.5}]))
+    (out / "base" / "README.md").write_text(cards.base_card(settings.RecipeConfig(curriculum="cell:600:2e-3"), [{"loss": 0.5}]))
     summary = {"before": {"mgpo": {"accuracy": 0.25, "valid_box_ratio": 0.5, "n": 4}},
                "after": {"mgpo": {"accuracy": 0.75, "valid_box_ratio": 1.0, "n": 4, "hits": 3,
                                   "accuracy_after_hit": 1.0}},
@@ -410,7 +410,7 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
 
 def test_ship_refuses_a_run_without_a_base_model(tmp_path):
     with pytest.raises(ValueError, match="no base-skills checkpoint"):
-        recipe.ship(config.RecipeConfig(), tmp_path / "empty", tmp_path / "release", {})
+        recipe.ship(settings.RecipeConfig(), tmp_path / "empty", tmp_path / "release", {})
 
 
 @pytest.mark.slow
@@ -419,7 +419,7 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     checks that each stage leaves what the next one and the app need — not that it learns."""
     from mgpo.playground.release import Release
 
-    cfg = config.RecipeConfig.for_size("ci", out=str(tmp_path / "pg"))
+    cfg = settings.RecipeConfig.for_size("ci", out=str(tmp_path / "pg"))
     summary = recipe.run(cfg)
     out = tmp_path / "pg"
     assert summary["vision"]["steps"] == 3 and set(summary["vision"]["accuracy"]) >= {"colour", "row", "col", "stripes"}
@@ -456,11 +456,11 @@ def test_tiny_build_draws_embeddings_with_the_asked_std(tmp_path):
 
 
 def test_a_continued_base_card_keeps_the_story_of_its_start(tmp_path):
-    first = config.RecipeConfig(curriculum="cell:600:2e-3")
+    first = settings.RecipeConfig(curriculum="cell:600:2e-3")
     start = tmp_path / "start"
     start.mkdir()
     (start / "README.md").write_text(cards.base_card(first, [{"loss": 0.5}]))
-    more = config.RecipeConfig(curriculum="ground,zoom:400:1e-3:0.3", skills_from=str(start), vision_steps=0)
+    more = settings.RecipeConfig(curriculum="ground,zoom:400:1e-3:0.3", skills_from=str(start), vision_steps=0)
     card = cards.base_card(more, [{"loss": 0.25}])
     story = cards.base_story(start)
     assert story.startswith("A random Qwen2.5-VL") and "# " not in story
@@ -476,9 +476,9 @@ def test_a_continued_base_card_keeps_the_story_of_its_start(tmp_path):
 
 
 def test_each_part_of_a_base_card_says_what_it_trained_and_its_own_held_out_scores(tmp_path):
-    first = config.RecipeConfig(curriculum="cell:600:2e-3", vision_steps=60)
+    first = settings.RecipeConfig(curriculum="cell:600:2e-3", vision_steps=60)
     (tmp_path / "README.md").write_text(cards.base_card(first, [{"loss": 0.5, "eval": {"cell": 0.25}}, {"loss": 0.4}]))
-    more = config.RecipeConfig(curriculum="ground:40:1e-3", skills_from=str(tmp_path), vision_steps=0, train_vision=True)
+    more = settings.RecipeConfig(curriculum="ground:40:1e-3", skills_from=str(tmp_path), vision_steps=0, train_vision=True)
     held = {"ground_hit": 0.875, "task_hit": 0.5}
     card = cards.base_card(more, [{"loss": 0.3, "eval": {"ground_hit": 0.1}}, {"loss": 0.2, "eval": held}])
     first_part, second_part = card.split("Then continued from that checkpoint")
@@ -497,20 +497,20 @@ def test_each_part_of_a_base_card_says_what_it_trained_and_its_own_held_out_scor
     text = cards.release_card(more, summary, [], old_story)
     assert text.count("ground_hit 0.88, task_hit 0.50") == 1 and "cell 0.25" in text
     assert "scores at the end:\n   –." in cards.release_card(first, {}, [], "")             # nothing measured
-    assert not config.vision_frozen(config.RecipeConfig())    # a random tower with no probe stage trains with the text skills
+    assert not settings.vision_frozen(settings.RecipeConfig())    # a random tower with no probe stage trains with the text skills
 
 
 def test_a_continuation_reads_scenes_no_earlier_phase_read():
-    first = config.RecipeConfig(curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3")
-    assert [config.phase_start(first, i) for i in range(3)] == [0, 100_000, 200_000]
-    more = config.RecipeConfig(curriculum="ground,zoom:600:1e-3:0.3 ground,zoom,answer:150:5e-4:0.3",
+    first = settings.RecipeConfig(curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3")
+    assert [settings.phase_start(first, i) for i in range(3)] == [0, 100_000, 200_000]
+    more = settings.RecipeConfig(curriculum="ground,zoom:600:1e-3:0.3 ground,zoom,answer:150:5e-4:0.3",
                                skills_from="start", skill_start=300_000, vision_steps=0)
-    assert [config.phase_start(more, i) for i in range(2)] == [300_000, 400_000]
-    long = config.RecipeConfig(curriculum=" ".join(["ground:10:1e-3"] * 12))
-    starts = [config.phase_start(long, i) for i in range(12)]
+    assert [settings.phase_start(more, i) for i in range(2)] == [300_000, 400_000]
+    long = settings.RecipeConfig(curriculum=" ".join(["ground:10:1e-3"] * 12))
+    starts = [settings.phase_start(long, i) for i in range(12)]
     assert len(set(starts)) == 12 and max(starts) < 500_000 and starts[5] == 25_000
     assert 'the "skills" seed range from index 300,000 with' in cards.skills_text(more)
     assert "from index" not in cards.skills_text(first)
     for bad in (-1, 500_000):
         with pytest.raises(ValueError, match="skill_start"):
-            config.RecipeConfig(skill_start=bad).check()
+            settings.RecipeConfig(skill_start=bad).check()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import RecipeConfig, vision_frozen
+from .settings import RecipeConfig, vision_frozen
 
 
 def _fmt(v) -> str:

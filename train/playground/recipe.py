@@ -54,7 +54,7 @@ from pathlib import Path
 
 from ..config import field_help, yes_no
 from .cards import base_card, base_story, release_card
-from .config import SIZES, RecipeConfig
+from .settings import SIZES, RecipeConfig
 from .rl import rl_curve, run_rl, snapshot_steps
 from .runtime import cuda_available, echo
 from .skills import save_checkpoint, train_skills
@@ -240,7 +240,7 @@ def _default_text(name: str, default) -> str:
     if not sized:
         return f"default: {show(default)}"
     if any(len(show(v)) > 32 for v in sized.values()):
-        return "default: by --size, see SIZES in train/playground/config.py"
+        return "default: by --size, see SIZES in train/playground/settings.py"
     return "default by --size: " + ", ".join(f"{size} {show(v)}" for size, v in sorted(sized.items())) + \
         (f"; else {show(default)}" if len(sized) < len(SIZES) else "")
 

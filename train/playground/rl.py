@@ -7,7 +7,7 @@ import functools
 import json
 from pathlib import Path
 
-from .config import RecipeConfig
+from .settings import RecipeConfig
 from .runtime import data_workers, scene_map
 
 

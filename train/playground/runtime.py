@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 
-from .config import RecipeConfig
+from .settings import RecipeConfig
 
 
 def echo(msg: str) -> None:

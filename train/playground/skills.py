@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cards import base_card
-from .config import RecipeConfig, phase_start, trains_vision
+from .settings import RecipeConfig, phase_start, trains_vision
 from .runtime import cycle_seeds, data_workers, echo, scene_map
 
 

@@ -10,7 +10,7 @@ import random
 import time
 from pathlib import Path
 
-from .config import VISION_START, RecipeConfig
+from .settings import VISION_START, RecipeConfig
 from .runtime import cycle_seeds, data_workers, echo, scene_map
 
 

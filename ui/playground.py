@@ -21,9 +21,11 @@ PLAYGROUND_INTRO = (
     "clutter, and the question asks which way the fine stripes on its label run. In turn 1 the model sees a "
     "224×224 overview: the card is easy to find, but its stripes blur to a flat grey square; in the crop of the "
     "card they are plain to see. The model is a "
-    "small Qwen2.5-VL trained here from random weights: base skills first (finding cards by name, reading "
-    "close-ups), then MGPO RL with the answer reward alone: it never saw a box for this question. Pick a "
-    "checkpoint to compare before and after RL. The card's true place (green, dashed) is shown after the run."
+    "small Qwen2.5-VL trained here from random weights: base skills first (finding cards by name — also under "
+    "MGPO's own turn-1 prompt, with the card's box as the target — and reading close-ups), then MGPO RL with "
+    "the answer reward alone. Because its base was already taught to box the card under MGPO's prompt, RL "
+    "here refines where it looks more than it discovers it. Pick a checkpoint to compare before and after "
+    "RL. The card's true place (green, dashed) is shown after the run."
 )
 SPLIT_NOTES = {
     "test": "a held-out test scene",

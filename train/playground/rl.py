@@ -83,8 +83,8 @@ def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
     marks = snapshot_steps(cfg.rl_steps)
 
     class PlaygroundTrainer(Trainer):
-        def update(self, items, rollouts):
-            metrics = super().update(items, rollouts)
+        def update(self, items, rollouts, step: int = 0):
+            metrics = super().update(items, rollouts, step)
             scores = [iou(r.boxes[0].box_original, truth[items[r.request].id]) if r.valid_box else 0.0
                       for r in rollouts]
             metrics["iou"] = sum(scores) / max(1, len(scores))

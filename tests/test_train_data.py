@@ -176,3 +176,14 @@ def test_an_answer_given_as_a_choice_text_is_read_as_by_the_evaluator(tmp_path):
     items, report = load_items(str(path))
     assert report.kept == 1 and items[0].answer == "B"
     assert next(read_jsonl(path)).answer == "B"
+
+
+def test_lr_factor_warms_up_then_follows_the_schedule():
+    from train.config import TrainConfig
+
+    cos = TrainConfig(data="d", lr_schedule="cosine", warmup_steps=2)
+    assert [round(cos.lr_factor(k, 10), 3) for k in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    lin = TrainConfig(data="d", lr_schedule="linear")
+    assert [lin.lr_factor(k, 4) for k in (0, 2, 4)] == [1.0, 0.5, 0.0]
+    assert TrainConfig(data="d").lr_factor(7, 10) == 1.0
+    assert "lr_schedule: linear" in lin.to_yaml()

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import inspect
 import io
+import math
 import tokenize
 import typing
 from dataclasses import dataclass, field
@@ -157,6 +158,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The settings as the YAML file ``--config`` reads back."""
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def lr_factor(self, k: int, total: int) -> float:
+        """The learning rate's multiplier at optimizer update ``k`` of ``total``: linear warmup
+        over ``warmup_steps`` updates, then ``lr_schedule`` (cosine and linear end at 0)."""
+        if self.warmup_steps and k < self.warmup_steps:
+            return (k + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        frac = (k - self.warmup_steps) / max(1, total - self.warmup_steps)
+        if self.lr_schedule == "linear":
+            return max(0.0, 1.0 - frac)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
 
 def _parse_mapping(text: str) -> dict:

@@ -124,7 +124,7 @@ class Trainer:
                     dist.broadcast(p.data, src=0)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = cfg.steps * cfg.mini_batches
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: _lr_factor(cfg, k, total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: cfg.lr_factor(k, total))
 
         backend_cls = backend_cls or QwenBackend
         self.backend = backend_cls(self.core, loaded.processor)
@@ -348,10 +348,14 @@ class Trainer:
             raise RuntimeError(f"LoRA weights differ between processes ({values}); the gradient all-reduce failed")
         return values
 
+    def _nonfinite(self) -> list[str]:
+        """Names of the trained tensors holding NaN/inf on this process."""
+        return [n for n, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+
     def _check_finite(self, what: str) -> None:
         """Refuse to ``what`` (save, push) LoRA weights holding NaN/inf; decided on all processes
         together (the count of bad tensors is summed), so none waits on another."""
-        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        bad = self._nonfinite()
         if self._sum_over_processes(float(len(bad))) > 0:
             where = f" (e.g. {bad[0]})" if bad else " on another process"
             raise NonFiniteError(f"refusing to {what}: LoRA weights hold NaN/inf{where}. The newest checkpoint in "
@@ -392,7 +396,7 @@ class Trainer:
         """Push an adapter folder with its model card; a failure is reported, the folder kept."""
         if not (self.cfg.push_to_hub and self.main):
             return None
-        bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        bad = self._nonfinite()
         if bad:
             _log(f"not pushing step {step}: LoRA weights hold NaN/inf (e.g. {bad[0]}); the Hub repo is unchanged")
             return None
@@ -463,7 +467,7 @@ class Trainer:
         self._check_finite("save the final adapter")
         if self.main:
             self.model.save_pretrained(str(final), save_embedding_layers=False)
-            (self.out / "train_config.yaml").write_text(_yaml(cfg.to_dict()))
+            (self.out / "train_config.yaml").write_text(cfg.to_yaml())
             if cfg.plot:
                 plot(self.out / "metrics.jsonl", self.out / "curves.png")
         self.acc.wait_for_everyone()
@@ -473,23 +477,6 @@ class Trainer:
 
 
 _SUMMED = ("samples", "zero_std_groups")  # metrics added over processes; the rest are averaged
-
-
-def _lr_factor(cfg: TrainConfig, k: int, total: int) -> float:
-    if cfg.warmup_steps and k < cfg.warmup_steps:
-        return (k + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return 1.0
-    frac = (k - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    if cfg.lr_schedule == "linear":
-        return max(0.0, 1.0 - frac)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
-
-
-def _yaml(d: dict) -> str:
-    import yaml
-
-    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)
 
 
 def train(cfg: TrainConfig, **kwargs) -> dict:

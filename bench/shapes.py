@@ -24,6 +24,15 @@ SHAPES_TINY = dict(
                 fullatt_block_indexes=[1]),
 )
 
+# the playground's cpu-size model (examples/playground/model): text 256 × 4 layers, vision 128 × depth 4
+SHAPES_PLAYGROUND = dict(
+    text=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=800, mrope=[12, 10, 10]),
+    vision=dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=2, out_hidden_size=256,
+                fullatt_block_indexes=[3]),
+)
+SHAPES = {"7b": SHAPES_7B, "tiny": SHAPES_TINY, "playground": SHAPES_PLAYGROUND}
+
 
 def build(shapes: dict, device: str, dtype, min_pixels: int, max_pixels: int):
     """A random-weight Qwen2.5-VL of the given shapes, with processor, as :class:`mgpo.model.Loaded`."""

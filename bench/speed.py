@@ -83,6 +83,20 @@ class BenchConfig:
         base.update(kw)
         return cls(**base)
 
+    @classmethod
+    def playground(cls, **kw) -> "BenchConfig":
+        """CPU at the playground's size: its model shapes, a 2048² image at its pixel budgets (224²
+        overview, 112² crops), and its RL rollouts (16 prompts × 8 samples, 96 new tokens)."""
+        from mgpo.playground.world import MAX_NEW_TOKENS, Budgets
+
+        b = Budgets()
+        base = dict(shapes="playground", image_size=(2048, 2048), min_pixels=b.crop_min_pixels,
+                    max_pixels=b.overview_max_pixels, crop_frac=0.125, turn1_tokens=48, answer_tokens=8,
+                    decode_tokens=MAX_NEW_TOKENS, group_size=8, rollout_prompts=16, rollout_tokens=MAX_NEW_TOKENS,
+                    lora_rows=16, lora_r=32, reps=3, long_reps=3, max_seconds=600.0)
+        base.update(kw)
+        return cls(**base)
+
 
 # Rough wall seconds of each case on an H200 at 7B shapes (docs/speed.md's baseline times × runs):
 # printed before the run so a device session knows what it is in for.
@@ -512,13 +526,12 @@ def run(cfg: BenchConfig, device: str | None = None, out=print, save=None) -> di
 def _run(cfg: BenchConfig, device: str, dtype, result: dict, t_start: float, out, save) -> dict:
     import torch
 
-    from .shapes import SHAPES_7B, SHAPES_TINY, build
+    from .shapes import SHAPES, build
 
     bench = Bench(cfg, device, dtype)
     errors: dict[str, str] = {}
     t = time.perf_counter()
-    bench.loaded = build(SHAPES_7B if cfg.shapes == "7b" else SHAPES_TINY, device, dtype, cfg.min_pixels,
-                         cfg.max_pixels)
+    bench.loaded = build(SHAPES[cfg.shapes], device, dtype, cfg.min_pixels, cfg.max_pixels)
     sync(device)
     m = Model.of(bench.loaded.model)
     result["model"] = {**asdict(m), "build_s": time.perf_counter() - t}
@@ -566,7 +579,8 @@ def _run(cfg: BenchConfig, device: str, dtype, result: dict, t_start: float, out
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", choices=("7b", "tiny"), help="default: 7b with CUDA, tiny without")
+    p.add_argument("--shapes", choices=("7b", "tiny", "playground"),
+                   help="default: 7b with CUDA, tiny without; playground: the playground model's size (CPU)")
     p.add_argument("--json", help="write the result here (default: $OUT/bench.json when $OUT is set)")
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), metavar="CASE",
                    help=f"which cases to run (default all: {' '.join(CASES)})")
@@ -596,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         kw["max_seconds"] = args.max_seconds
     # the order of CASES: lora last (it injects LoRA layers into the model)
     kw["cases"] = tuple(c for c in CASES if c in kw["cases"])
-    cfg = BenchConfig(**kw) if shapes == "7b" else BenchConfig.tiny(**kw)
+    cfg = {"7b": BenchConfig, "tiny": BenchConfig.tiny, "playground": BenchConfig.playground}[shapes](**kw)
     path = args.json or (str(Path(os.environ["OUT"]) / "bench.json") if os.environ.get("OUT") else None)
 
     def save(result: dict) -> None:

@@ -103,6 +103,7 @@ class Conversations:
         self.repeat = repeat    # >1: rows are a group's shared prompts, expanded after prefill
         self.cache = None
         self.attn = None        # torch (B, L): 1 = real token in the cache, 0 = hole
+        self.holes = False      # attn has a 0 somewhere (the forward then needs the mask)
         self.generator = None   # the sampler's RNG, seeded once per call
 
     def __len__(self) -> int:

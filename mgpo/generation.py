@@ -54,12 +54,60 @@ def cache_keyword(forward) -> str:
 
 
 def _new_cache(config):
+    """A transformers ``DynamicCache`` whose layers grow in place (:func:`_growing_layer`): the same
+    cache object transformers' own decoding uses, without its ``torch.cat`` of the whole cache at
+    every step (which makes T decode steps copy O(T²) tensors)."""
     from transformers import DynamicCache
 
     try:
-        return DynamicCache(config=config)
+        cache = DynamicCache(config=config)
     except TypeError:
-        return DynamicCache()
+        cache = DynamicCache()
+    layers = getattr(cache, "layers", None)
+    if layers and all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+        cls = _growing_layer(type(layers[0]))
+        cache.layers = [cls() for _ in layers]
+    return cache
+
+
+_GROWING: dict[type, type] = {}
+
+
+def _growing_layer(base: type) -> type:
+    """A subclass of transformers' ``DynamicLayer`` that keeps keys and values in buffers with
+    spare room along the sequence, doubling when full: appending tokens writes into the buffer
+    and ``keys``/``values`` are views of its filled part. Anything else transformers does to a
+    layer (repeat or select rows, crop, reset) replaces ``keys``/``values``; the next append
+    then adopts the new tensors as its buffers."""
+    if base in _GROWING:
+        return _GROWING[base]
+
+    class GrowingLayer(base):
+        _k = _v = _view_k = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.get_seq_length()
+            if self._k is None or self.keys is not self._view_k:   # first append, or changed elsewhere
+                self._k, self._v = (self.keys, self.values) if n else (None, None)
+            new = key_states.shape[-2]
+            if self._k is None or n + new > self._k.shape[-2] or self._k.shape[:2] != key_states.shape[:2]:
+                cap = max(2 * (n + new), 64)
+                k = key_states.new_empty((*key_states.shape[:2], cap, key_states.shape[-1]))
+                v = value_states.new_empty((*value_states.shape[:2], cap, value_states.shape[-1]))
+                if n:
+                    k[..., :n, :] = self.keys
+                    v[..., :n, :] = self.values
+                self._k, self._v = k, v
+            self._k[..., n:n + new, :] = key_states
+            self._v[..., n:n + new, :] = value_states
+            self.keys, self.values = self._k[..., :n + new, :], self._v[..., :n + new, :]
+            self._view_k = self.keys
+            return self.keys, self.values
+
+    _GROWING[base] = GrowingLayer
+    return GrowingLayer
 
 
 class QwenBackend:
@@ -206,27 +254,45 @@ class QwenBackend:
         rows = convs.rows
         B = len(rows)
         T = max(chunks.values())
-        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        pos = torch.zeros((3, B, T), dtype=torch.long)
-        new_attn = torch.zeros((B, T), dtype=torch.long)
         fed: list[FedImage] = []
-        for b, row in enumerate(rows):
-            n = chunks.get(b, 0)
-            if not n:
-                continue
-            lo = row.cached
-            ids[b, T - n:] = torch.tensor(row.tokens[lo:lo + n])
-            pos[:, b, T - n:] = torch.tensor(row.positions[lo:lo + n]).T
-            new_attn[b, T - n:] = 1
-            n_img = sum(1 for t in row.tokens[lo:lo + n] if t == self.image_token_id)
-            while n_img > 0:
-                img = row.images[row.images_cached]
-                fed.append(img)
-                row.images_cached += 1
-                n_img -= img.tokens
-            if n_img != 0:
-                raise RuntimeError("a chunk splits an image's tokens")
-            row.cached += n
+        if T == 1 and all(rows[b].images_cached == len(rows[b].images) for b in chunks):
+            # a decode step (one text token per row): built from plain lists, no per-row tensors
+            ids_l, pos_l, attn_l = [self.pad_id] * B, [(0, 0, 0)] * B, [0] * B
+            for b, n in chunks.items():
+                if n:
+                    row = rows[b]
+                    ids_l[b], pos_l[b], attn_l[b] = row.tokens[row.cached], row.positions[row.cached], 1
+                    row.cached += 1
+            ids = torch.tensor(ids_l).unsqueeze(1)
+            pos = torch.tensor(pos_l).T.unsqueeze(-1)
+            new_attn = torch.tensor(attn_l).unsqueeze(1)
+            holes = len(chunks) < B or 0 in attn_l
+        else:
+            ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+            pos = torch.zeros((3, B, T), dtype=torch.long)
+            new_attn = torch.zeros((B, T), dtype=torch.long)
+            holes = False
+            for b, row in enumerate(rows):
+                n = chunks.get(b, 0)
+                holes = holes or n < T
+                if not n:
+                    continue
+                lo = row.cached
+                ids[b, T - n:] = torch.tensor(row.tokens[lo:lo + n])
+                pos[:, b, T - n:] = torch.tensor(row.positions[lo:lo + n]).T
+                new_attn[b, T - n:] = 1
+                n_img = row.tokens[lo:lo + n].count(self.image_token_id)
+                while n_img > 0:
+                    img = row.images[row.images_cached]
+                    fed.append(img)
+                    row.images_cached += 1
+                    n_img -= img.tokens
+                if n_img != 0:
+                    raise RuntimeError("a chunk splits an image's tokens")
+                row.cached += n
+        # a cache without holes needs no mask: plain causal attention (and no mask at all for a
+        # one-token step), the path plain transformers decoding takes
+        convs.holes = convs.holes or holes
         ids, pos, new_attn = ids.to(self.device), pos.to(self.device), new_attn.to(self.device)
         embeds = self.core.model.get_input_embeddings()(ids)
         if fed:
@@ -238,7 +304,7 @@ class QwenBackend:
             convs.cache = _new_cache(self.core.config.text_config)
         out = self.core.model.language_model(
             inputs_embeds=embeds,
-            attention_mask=attn,
+            attention_mask=attn if convs.holes else None,
             position_ids=pos,
             use_cache=True,
             **{self._cache_kw: convs.cache},
@@ -258,7 +324,7 @@ class QwenBackend:
 
     def reset_cache(self, convs: Conversations) -> None:
         """Forget the KV cache: the next prefill re-encodes every row from its first token."""
-        convs.cache, convs.attn = None, None
+        convs.cache, convs.attn, convs.holes = None, None, False
         for row in convs.rows:
             row.cached = 0
             row.images_cached = 0

@@ -99,6 +99,23 @@ class PlaygroundModel:
                 self._runner = runner
         return self._runner
 
+    def compare(self, scene):
+        """Every checkpoint of the release on ``scene``, one after another (greedy, so each answer
+        is that checkpoint's own): yields a :class:`CheckpointRun` as each one finishes."""
+        for c in self.release.checkpoints:
+            boxes, crop, final = [], None, None
+            for run, e in self.events(scene, c.name):
+                if run != "mgpo":
+                    continue
+                if e.type == "box":
+                    boxes.append(e)
+                elif e.type == "crop" and crop is None:
+                    crop = e.image
+                elif e.type == "final":
+                    final = e
+            yield CheckpointRun(c.name, c.step, verdict(scene, final, boxes), crop,
+                                final.answer if final is not None else None)
+
     def events(self, scene, checkpoint: str):
         """``(run, event)`` of an MGPO run on ``scene`` with the checkpoint named ``checkpoint``;
         loading the model or the adapter happens on the first ``next`` (and may raise there)."""
@@ -151,6 +168,17 @@ class Verdict:
     box: tuple | None           # the first valid box, (x1, y1, x2, y2) in original pixels
     iou: float | None           # its IoU with the hidden box; None without a valid box
     no_box_reason: str          # why there is no valid box ("" with one)
+
+
+@dataclass
+class CheckpointRun:
+    """One checkpoint's MGPO run on a scene, for the side-by-side comparison."""
+
+    name: str
+    step: int
+    verdict: Verdict
+    crop: object | None          # the crop turn 2 read (PIL image as fed), None without a valid box
+    answer: str | None           # the content of its last \boxed{}, None without one
 
 
 def verdict(scene, final, boxes) -> Verdict:

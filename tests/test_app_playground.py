@@ -270,9 +270,10 @@ def test_switching_checkpoints_switches_the_adapter(fake_release):
             with torch.no_grad():
                 return core().model.language_model(input_ids=ids).last_hidden_state
 
-        texts, states = {}, {}
+        texts, states, letters = {}, {}, {}
         for name in ("before RL", "early", "late", "before RL"):
             status, _, chat, boxes, crops, answer, result = client.predict(SEED, name, api_name="/playground_run")
+            letters[name] = answer.partition(" — ")[0] if " — " in answer else "—"   # "—": no answer given
             assert status.startswith("Done in ") and f"Checkpoint **{name}**" in status
             assert answer and result.startswith(("✅", "❌")) and Path(boxes).is_file()
             texts.setdefault(name, chat[1]["content"][0]["text"])
@@ -285,6 +286,14 @@ def test_switching_checkpoints_switches_the_adapter(fake_release):
         names = pg.runner.adapters.loaded
         assert set(names) == {str(release.checkpoint("early").adapter), str(release.checkpoint("late").adapter)}
         assert pg.runner.engine.config.max_pixels == 224 * 224 and pg.runner.engine.config.max_new_tokens == 96
+        # Compare checkpoints: every checkpoint on the same scene, each with the answer its own run gives
+        status, image, gallery, table = client.predict(SEED, api_name="/playground_compare")
+        assert status.startswith(f"Compared every checkpoint on seed {SEED}: ") and Path(image).is_file()
+        rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
+        assert [r[0] for r in rows[1:]] == ["before RL", "early", "late"]
+        assert {r[0]: r[4] for r in rows[1:]} == letters
+        assert all(r[5] in ("✅", "❌") for r in rows[1:])
+        assert len(gallery) <= 3 and all(c["caption"].split(" (step")[0] in letters for c in gallery)
     finally:
         demo.close()
 

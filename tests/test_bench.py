@@ -122,3 +122,20 @@ def test_the_7b_run_counts_on_tiny_shapes(one_thread):
     assert (two["turn1"]["new_tokens"], two["turn2"]["new_tokens"]) == (48, 16)
     assert any(r["case"] == "rollout decode, batch 64" for r in result["rows"])
     assert result["cases"]["lora"]["rows"] == 8
+
+
+def test_the_playground_size_times_its_rollouts(one_thread):
+    """`python -m bench --shapes playground`: the shipped playground model's shapes, a 2048² scene
+    at its budgets (224² overview) and its RL rollouts (16 prompts × 8 samples, 96 tokens),
+    here cut to a few tokens."""
+    from mgpo.playground.world import MAX_NEW_TOKENS
+
+    full = bench.BenchConfig.playground()
+    assert (full.rollout_prompts, full.group_size, full.rollout_tokens) == (16, 8, MAX_NEW_TOKENS)
+    cfg = bench.BenchConfig.playground(rollout_prompts=2, group_size=2, rollout_tokens=4, reps=1, long_reps=1,
+                                       cases=("rollout",))
+    result = bench.run(cfg, "cpu", out=lambda line: None)
+    assert result["errors"] == {} and result["model"]["params"] > 3e6
+    assert result["cases"]["rollout"]["prefill_tokens"] > 64            # the 224² overview's 64 visual tokens and text
+    row = next(r for r in result["rows"] if r["case"].startswith("rollout decode, batch 4"))
+    assert row["project"] > 0 and row["baseline"] > 0

@@ -231,6 +231,18 @@ def test_playground_tab_runs_a_checkpoint_on_a_new_scene(page, playground_url):
     assert page.locator("#pg-summary").get_by_text("after · mgpo").count() == 1
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "playground-tab.png"), full_page=True)
+    # Compare checkpoints: every checkpoint's box, crop and answer side by side
+    page.locator("#pg-compare").click()
+    page.wait_for_function("document.querySelector('#pg-status').innerText.includes('Compared every checkpoint')",
+                           timeout=120_000)
+    table = page.locator("#pg-compare-table").inner_text()
+    assert all(name in table for name in ("before RL", "early", "late"))
+    rows = page.locator("#pg-compare-table tr")
+    assert rows.count() == 4                                     # the header and one row per checkpoint
+    drawn = page.locator("#pg-compare-boxes img").first
+    drawn.wait_for()
+    assert drawn.evaluate("img => img.complete && img.naturalWidth") == 1024
+    page.locator("#pg-compare-panel").screenshot(path=str(ARTIFACTS / "playground-compare.png"))
 
 
 def test_app_py_offline_opens_on_the_shipped_playground_and_it_answers(page, tmp_path):
@@ -253,6 +265,19 @@ def test_app_py_offline_opens_on_the_shipped_playground_and_it_answers(page, tmp
         assert boxes.evaluate("img => img.complete && img.naturalWidth") == 1024
         assert page.get_by_text("Turn 2 ·").count() >= 1            # it zoomed: a valid box, then the crop
         readme_shot(page, "playground-shipped")
+        page.locator("#pg-compare").click()
+        page.wait_for_function("document.querySelector('#pg-status').innerText.includes('Compared every checkpoint')",
+                               timeout=300_000)
+        assert page.locator("#pg-compare-table tr").count() == 1 + len(Release.load(app.SHIPPED_RELEASE).checkpoints)
+        page.locator("#pg-compare-panel").scroll_into_view_if_needed()
+        shot = ARTIFACTS / "playground-compare-shipped.png"
+        page.locator("#pg-compare-panel").screenshot(path=str(shot))
+        from PIL import Image
+
+        with Image.open(shot) as img:                        # docs/images/compare.jpg when the view changes
+            small = img.convert("RGB")
+            small.thumbnail((960, 960))
+            small.save(ARTIFACTS / "readme-playground-compare.jpg", quality=72, optimize=True)
     finally:
         out = stop(proc)
     assert "Traceback" not in out

@@ -198,3 +198,42 @@ def test_forced_answer_lengths_keep_the_models_own_logprobs(tiny_loaded):
         assert len(policy) == len(backend.script) + 7 and turn2[-1] == eos and eos not in turn2[:-1]
         lp, seen, _, _ = hf_forward_logprobs(tiny_loaded, rollout)
         torch.testing.assert_close(seen, lp, atol=2e-5, rtol=0)
+
+
+def test_the_growing_kv_cache_holds_what_transformers_dynamic_cache_holds():
+    """The engine's cache layers write appended tokens into spare room instead of concatenating
+    the whole cache every step; after appends, group expansion, row selection and cropping
+    they hold exactly what transformers' own DynamicLayer holds."""
+    from transformers import DynamicCache, Qwen2_5_VLConfig
+    from transformers.cache_utils import DynamicLayer
+
+    from mgpo.generation import _new_cache
+
+    config = Qwen2_5_VLConfig(text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               num_key_value_heads=1, intermediate_size=64, vocab_size=300))
+    ours, plain = _new_cache(config.text_config), DynamicCache()
+    assert len(ours.layers) == 2 and all(isinstance(layer, DynamicLayer) for layer in ours.layers)
+    assert type(ours.layers[0]) is not DynamicLayer
+    g = torch.Generator().manual_seed(0)
+    kv = lambda b, t: (torch.randn(b, 1, t, 16, generator=g), torch.randn(b, 1, t, 16, generator=g))  # noqa: E731
+
+    def step(b, t):
+        k, v = kv(b, t)
+        for i in range(2):
+            got, want = ours.update(k, v, i), plain.update(k, v, i)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    step(2, 7)                      # a prefill
+    for _ in range(70):             # decoding past the first capacity (64): the buffer doubles
+        step(2, 1)
+    assert ours.get_seq_length() == plain.get_seq_length() == 77
+    ours.batch_repeat_interleave(3), plain.batch_repeat_interleave(3)   # a group shares one prefill
+    step(6, 1)
+    keep = torch.tensor([0, 2, 5])
+    ours.batch_select_indices(keep), plain.batch_select_indices(keep)
+    step(3, 4)
+    ours.crop(-2), plain.crop(-2)
+    step(3, 1)
+    assert ours.get_seq_length() == plain.get_seq_length() == 81
+    for a, b in zip(ours.layers, plain.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)

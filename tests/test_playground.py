@@ -154,9 +154,38 @@ def test_grounding_examples_parse_to_the_card_box():
 
 def test_grounding_prompt_shares_the_turn1_phrase():
     turn1 = get_prompts("mgpo").grounding
-    for template in GROUND_PROMPTS.values():
-        assert "coordinates of the" in template and "in JSON format." in template
+    for name, template in GROUND_PROMPTS.items():
+        if name != "refer":
+            assert "coordinates of the" in template and "in JSON format." in template
     assert "coordinates of the" in turn1 and "in JSON format." in turn1
+
+
+def test_referring_wordings_are_never_mgpos_turn1_nor_the_task():
+    """The "refer" grounding prompts: many wordings of "where is the {name}", none of them MGPO's
+    turn-1 template, a question about a card's parts or the task's shape — and enough of them
+    share the generic "coordinates … in JSON format" for sampled boxes to carry over."""
+    from mgpo.playground.skill_examples import REFER_PROMPTS, trained_templates
+
+    turn1 = get_prompts("mgpo").grounding
+    mgpo_phrases = ("Question:", "key image area", "relevant to the problem")
+    for t in REFER_PROMPTS:
+        assert t.startswith("<image>") and "{name}" in t and ("JSON" in t)
+        assert not any(p in t for p in mgpo_phrases) and not any(p in t for p in mgpo_phrases if p in turn1)
+        assert not any(w in t.lower() for w in ("stripe", "which way", "border", "edge", "corner", "label"))
+    assert len(set(REFER_PROMPTS)) == len(REFER_PROMPTS) >= 12
+    assert sum("coordinates" in t for t in REFER_PROMPTS) >= len(REFER_PROMPTS) // 2
+    # the name sits at the start, mid-sentence and at the end of the sentence that asks
+    assert {t.index("{name}") < 25 for t in REFER_PROMPTS} == {True, False}
+    examples = [e for seed in split_seeds("skills", 20) for e in scene_examples(seed, skills=("ground",), prompt="refer")]
+    used = {t for e in examples for t in REFER_PROMPTS if t.format(name=e.meta["name"]) == e.prompt}
+    assert len(examples) == 20 and len(used) >= 8
+    # what a card lists: every grounding template with a box target, none of them MGPO's turn 1
+    rows = trained_templates(("ground", "zoom", "answer"), "refer")
+    boxed = [t for skill, t, target in rows if "bbox_2d" in target]
+    assert boxed == list(REFER_PROMPTS)
+    assert [skill for skill, *_ in rows].count("zoom") == 1 and "never learned" in rows[-2][1]
+    with_ask = trained_templates(("ground",), "ask")
+    assert all("key image area" in t for _, t, _ in with_ask)
 
 
 
@@ -330,6 +359,10 @@ def test_playground_benchmark_selects_test_seeds_and_refuses_bad_requests():
         open_benchmark("playground", seed=10**9, limit=1)
     with pytest.raises(DataError, match="needs --data"):
         open_benchmark("vstar")
+    val = open_benchmark("playground", seed=0, limit=2, split="val")
+    assert [it.meta["seed"] for it in val.items()] == split_seeds("val", 2) and " val scenes " in val.variant
+    with pytest.raises(DataError, match="test or val"):
+        open_benchmark("playground", limit=1, split="train")   # RL's own scenes are not an evaluation
 
 
 def test_playground_cli_with_the_tiny_model(tmp_path, tiny_model_dir, capsys):

@@ -202,9 +202,11 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     assert cfg.rl_temperature == 1.0 and settings.RecipeConfig.for_size("gpu").rl_temperature == 1.0
     # the shipped RL decays its rate on a cosine (at a constant one it fell back late in 64 steps)
     assert tc.lr_schedule == cfg.rl_schedule == "cosine" and tc.lr == cfg.rl_lr
-    assert "lr 0.001, cosine schedule)" in cards.release_card(cfg, {}, [])
+    assert "lr 0.001, cosine schedule, with" in cards.release_card(cfg, {}, [])
     constant = settings.RecipeConfig.for_size("cpu", rl_schedule="constant")
-    assert "lr 0.001)" in cards.release_card(constant, {}, [])       # a constant rate: the card as before
+    assert "lr 0.001, with" in cards.release_card(constant, {}, [])       # a constant rate: the card as before
+    # an interrupted RL stage resumes from its newest checkpoint (8 of them over a run)
+    assert tc.resume and tc.save_every == cfg.rl_steps // 8
     with pytest.raises(ValueError, match="rl_schedule must be"):
         settings.RecipeConfig(rl_schedule="wavy").check()
 
@@ -340,8 +342,9 @@ def test_a_stage_without_its_input_is_a_clear_error(tmp_path, capsys):
     assert "holds no checkpoint" in capsys.readouterr().err
 
 
-def test_snapshot_steps_are_early_middle_late():
-    assert rl.snapshot_steps(30) == {6: "early", 15: "middle", 30: "late"}
+def test_snapshot_steps_are_five_points_of_the_run():
+    assert rl.snapshot_steps(64) == {8: "early", 16: "quarter", 32: "middle", 48: "three quarters", 64: "late"}
+    assert rl.snapshot_steps(4) == {1: "early", 2: "middle", 3: "three quarters", 4: "late"}
     assert rl.snapshot_steps(1) == {1: "late"}
     assert rl.snapshot_steps(0) == {}
 
@@ -368,16 +371,23 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
     cfg = settings.RecipeConfig(rl_steps=10)
     out = _recipe_out(tmp_path, fake_release, 10)
     (out / "base" / "README.md").write_text(cards.base_card(settings.RecipeConfig(curriculum="cell:600:2e-3"), [{"loss": 0.5}]))
-    summary = {"before": {"mgpo": {"accuracy": 0.25, "valid_box_ratio": 0.5, "n": 4}},
-               "after": {"mgpo": {"accuracy": 0.75, "valid_box_ratio": 1.0, "n": 4, "hits": 3,
-                                  "accuracy_after_hit": 1.0}},
-               "rl_curve": [{"step": 1, "reward": 0.5, "valid_box": 1.0}]}
+    after = {"accuracy": 0.75, "valid_box_ratio": 1.0, "n": 4, "hits": 3, "accuracy_after_hit": 1.0}
+    ev = lambda acc: {"val": {"mgpo": {"accuracy": acc, "n": 2, "hits": 1}},   # noqa: E731
+                      "test": {"mgpo": after, "direct": {"accuracy": 0.25, "n": 4}}}
+    summary = {"before": {"mgpo": {"accuracy": 0.25, "valid_box_ratio": 0.5, "n": 4}}, "after": {"mgpo": after},
+               "rl_curve": [{"step": 1, "reward": 0.5, "valid_box": 1.0, "hit": 0.5}],
+               "checkpoints": [{"name": "before RL", "step": 0, **ev(0.5)}, {"name": "middle", "step": 5, **ev(1.0)}],
+               "selected": "middle"}
     rel = Release.load(recipe.ship(cfg, out, tmp_path / "release", summary))
-    assert [(c.name, c.step) for c in rel.checkpoints] == [("before RL", 0), ("early", 2), ("middle", 5), ("late", 10)]
-    assert rel.default == "late" and rel.checkpoints[0].adapter is None
+    assert [(c.name, c.step) for c in rel.checkpoints] == [
+        ("before RL", 0), ("early", 1), ("quarter", 2), ("middle", 5), ("three quarters", 8), ("late", 10)]
+    # the default is the checkpoint the eval stage chose on VAL scenes
+    assert rel.default == "middle" and rel.checkpoints[0].adapter is None
     assert rel.curves is not None and rel.summary["after"]["mgpo"]["accuracy"] == 0.75
     card = (rel.folder / "README.md").read_text()
     assert "binary accuracy reward only" in card and "| after RL | mgpo | 0.750 | 1.000 | – | 3 | 1.000 |" in card
+    assert "| middle **(chosen on VAL)** | 5 | 1.000 (2) | 0.750 | 1.000 | 3 of 4 | 0.250 (4) |" in card
+    assert "boxes on the target, IoU ≥ 0.5 (analysis only): 0.500" in card
     # the card says what the skills stage trained (the same words as the base checkpoint's card) and
     # how to run the release through the CLI's own release reader
     story = cards.base_story(out / "base")      # the base checkpoint's own card
@@ -387,7 +397,7 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
     assert "--model RELEASE --checkpoint late" in card
     assert not (tmp_path / "release.tmp").exists()
     # --model RELEASE: its model, its default (or named) checkpoint, its pixel budgets
-    model, adapter, budgets = resolve(rel.folder, "early")
+    model, adapter, budgets = resolve(rel.folder, "quarter")
     assert model == str(rel.model) and adapter.endswith("step-0002") and budgets == Budgets().engine()
     scene = make_scene(split_seeds("test", 1)[0])
     png = tmp_path / "scene.png"
@@ -431,15 +441,29 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     assert any("ground" in r["skill_loss"] for r in steps[3:])
     assert steps[0]["lr"] != steps[3]["lr"]
     assert set(summary["skills"]["eval"]) == {"answer", "cell", "ground_hit", "ground_iou", "ground_valid", "zoom",
-                                              "task_hit", "task_iou", "task_valid"}
+                                              "task_hit", "task_iou", "task_valid", "task_t1_valid", "task_t1_hit"}
     rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["hit"] <= r["valid_box"] for r in rows)
     for when in ("before", "after"):
         for mode in ("direct", "mgpo"):
             assert summary[when][mode]["n"] == 2
+    # every checkpoint on VAL (the choice) and TEST (the report); the choice is made on VAL alone
+    names = ["before RL", "early", "middle", "three quarters", "late"]
+    assert [r["name"] for r in summary["checkpoints"]] == names
+    assert all(r["val"]["mgpo"]["n"] == 2 and r["test"]["direct"]["n"] == 2 for r in summary["checkpoints"])
+    best = max(summary["checkpoints"], key=lambda r: (r["val"]["mgpo"]["accuracy"], r["val"]["mgpo"]["hits"], r["step"]))
+    assert summary["selected"] == best["name"] and summary["after"] == best["test"]
+    assert " val scenes from seed " in json.loads(
+        (out / "eval" / "step-0002-val-mgpo" / "results.json").read_text())["protocol"]["variant"]
     rel = Release.load(out / "release")
-    assert [c.name for c in rel.checkpoints] == ["before RL", "early", "middle", "late"]
+    assert [c.name for c in rel.checkpoints] == names and rel.default == summary["selected"]
     assert (rel.folder / "README.md").read_text().count("| after RL |") == 2
+    # a second eval stage finds every result written and evaluates nothing again
+    stamp = (out / "eval" / "step-0004-test-mgpo" / "results.json").stat().st_mtime
+    again = recipe.run(settings.RecipeConfig.for_size("ci", out=str(out), stages="eval"))
+    assert again["checkpoints"] == summary["checkpoints"]
+    assert (out / "eval" / "step-0004-test-mgpo" / "results.json").stat().st_mtime == stamp
     assert not (out / "rl_data" / "train.jsonl").read_text().count("box")   # RL never sees a box
 
 

@@ -7,7 +7,7 @@ import random
 
 import gradio as gr
 
-from mgpo.playground.release import Release, ReleaseError, draw_boxes, summary_markdown
+from mgpo.playground.release import Release, ReleaseError, checkpoint_colour, draw_boxes, draw_compare, summary_markdown
 from mgpo.playground.world import SPLITS, split_of, split_seeds
 from mgpo.prompts import LETTERS
 from mgpo.service import PlaygroundModel, parse_seed, verdict
@@ -87,6 +87,7 @@ def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_
                                   info="step 0 = the base-skills model; later steps add MGPO RL's LoRA adapter")
             with gr.Row():
                 run_btn = gr.Button("Run", variant="primary", elem_id="pg-run")
+                compare_btn = gr.Button("Compare checkpoints", elem_id="pg-compare")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="pg-stop")
             status = gr.Markdown("Press **Run**: the model boxes a card, reads the crop, answers.", elem_id="pg-status")
             answer = gr.Textbox(label="Model answer", interactive=False, elem_id="pg-answer",
@@ -101,6 +102,17 @@ def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_
                                    format="jpeg", elem_id="pg-crops", allow_preview=True)
             chat = gr.Chatbot(label="Transcript", height=360, elem_id="pg-transcript", group_consecutive_messages=False,
                               feedback_options=None, buttons=["copy_all"])
+    with gr.Accordion("Compare checkpoints: every checkpoint on this scene, side by side", open=True,
+                      elem_id="pg-compare-panel"):
+        with gr.Row(equal_height=True):
+            compare_img = gr.Image(interactive=False, height=420, format="jpeg", elem_id="pg-compare-boxes",
+                                   label="Each checkpoint's box in its own colour; truth green, dashed",
+                                   buttons=["fullscreen"])
+            compare_crops = gr.Gallery(label="The crop each checkpoint read", columns=4, height=420,
+                                       object_fit="contain", format="jpeg", elem_id="pg-compare-crops")
+        compare_md = gr.Markdown("Press **Compare checkpoints**: each checkpoint of the release runs MGPO on the "
+                                 "scene above (greedy), from the base before RL to the last RL step.",
+                                 elem_id="pg-compare-table")
     _training_panel(release)
 
     outputs = [status, scene_md, chat, boxes, crops, answer, result]
@@ -140,14 +152,50 @@ def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_
         finally:
             updates.close()   # a stopped request stops generating here
 
+    def compare(seed_value):
+        try:
+            scene = make_playground_scene(parse_seed(seed_value))
+        except ValueError as e:
+            yield warn(str(e)), skip, skip, skip
+            return
+        done = []
+        for result in pg.compare(scene):
+            done.append(result)
+            rest = len(release.checkpoints) - len(done)
+            status_line = (f"Compared {len(done)} of {len(release.checkpoints)} checkpoints…" if rest else
+                           f"Compared every checkpoint on seed {scene.seed}: "
+                           f"{sum(r.verdict.right for r in done)} of {len(done)} right.")
+            yield (status_line, draw_compare(scene.image, scene.box, [(r.name, r.verdict.box) for r in done]),
+                   [(r.crop, f"{r.name} (step {r.step}): {'right' if r.verdict.right else 'wrong'}")
+                    for r in done if r.crop is not None],
+                   compare_table(scene, done))
+
     new_btn.click(lambda: random.randrange(lo, hi), outputs=[seed], queue=False, api_name="playground_new").then(
         show, inputs=[seed], outputs=outputs, queue=False, api_name=False)
     seed.submit(show, inputs=[seed], outputs=outputs, queue=False, api_name="playground_scene")
     clear = run_btn.click(lambda: ("Working…", skip, [], skip, [], "", ""), outputs=outputs, queue=False, api_name=False)
     event = clear.then(run, inputs=[seed, checkpoint], outputs=outputs, api_name="playground_run",
                        concurrency_limit=concurrency, concurrency_id="model")
-    stop_btn.click(None, cancels=[event], queue=False).then(
+    compared = compare_btn.click(lambda: ("Comparing…", [], "Working…"), outputs=[status, compare_crops, compare_md],
+                                 queue=False, api_name=False).then(
+        compare, inputs=[seed], outputs=[status, compare_img, compare_crops, compare_md],
+        api_name="playground_compare", concurrency_limit=concurrency, concurrency_id="model")
+    stop_btn.click(None, cancels=[event, compared], queue=False).then(
         lambda: "Stopped.", outputs=[status], queue=False, api_name="playground_stop")
+
+
+def compare_table(scene, runs) -> str:
+    """The comparison as a Markdown table: one row per checkpoint, its colour, box, IoU with the
+    hidden card and answer."""
+    lines = [f"Answer: **{runs[0].verdict.truth if runs else ''}**\n",
+             "| checkpoint | colour | step | box on the card (IoU) | answer | |", "|---|---|---|---|---|---|"]
+    for k, r in enumerate(runs):
+        v = r.verdict
+        colour = "#%02x%02x%02x" % checkpoint_colour(k)
+        box = f"{v.iou:.2f}" if v.box is not None else f"no usable box ({v.no_box_reason})"
+        lines.append(f"| {r.name} | <span style='color:{colour}'>■■</span> | {r.step} | {box} | "
+                     f"{v.letter or (r.answer or '—')} | {'✅' if v.right else '❌'} |")
+    return "\n".join(lines)
 
 
 def _training_panel(release: Release) -> None:

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", default=None,
                    help="vstar: the categories (subfolders) to score, comma-separated, or 'all' "
                         "(default: direct_attributes,relative_position, the official 191 items)")
+    p.add_argument("--split", default=d.split, choices=("test", "val"),
+                   help="playground: score TEST scenes (default) or VAL scenes (for choosing a checkpoint)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--min-pixels", type=int, default=None,
                    help=f"default {geometry.MIN_PIXELS:,} (the paper's); playground: its crop floor")
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=d.engine.top_p)
     p.add_argument("--top-k", type=int, default=d.engine.top_k)
     p.add_argument("--seed", type=int, default=None,
-                   help="decoding seed; playground: also the index of the first test scene (default 0)")
+                   help="decoding seed; playground: also the index of the first scene of --split (default 0)")
     p.add_argument("--no-crop-only", dest="crop_only", action="store_false",
                    help="mgpo mode: skip re-asking on the crop alone (crop-only accuracy)")
     p.add_argument("--strict", action="store_true", help="read answers from \\boxed{} only (no fallback)")
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg.check()
         bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root, seed=cfg.engine.seed, limit=cfg.limit,
-                               categories=cfg.categories)
+                               categories=cfg.categories, split=cfg.split)
         for note in bench.notes:
             print(f"note: {note}", file=sys.stderr)
         out = Path(cfg.out).expanduser()

@@ -71,10 +71,12 @@ class Benchmark:
 
 
 def open_benchmark(name: str, path: str | Path | None = None, image_root: str | Path | None = None, *,
-                   seed: int | None = None, limit: int | None = None, categories: str | None = None) -> Benchmark:
+                   seed: int | None = None, limit: int | None = None, categories: str | None = None,
+                   split: str = "test") -> Benchmark:
     """Recognise the format of ``path`` for benchmark ``name`` and return its item stream.
 
-    ``seed`` and ``limit`` are read by ``playground`` only (first test-scene index, scene count);
+    ``seed``, ``limit`` and ``split`` are read by ``playground`` only (first scene index, scene
+    count, seed split: test or val);
     ``categories`` by ``vstar`` only (comma-separated; ``all``; default: the official two).
     """
     if name not in BENCHMARKS:
@@ -83,7 +85,7 @@ def open_benchmark(name: str, path: str | Path | None = None, image_root: str | 
         if path:
             raise DataError("the playground benchmark generates its scenes; do not pass --data "
                             "(choose them with --seed S --limit N)")
-        return open_playground(seed or 0, limit or PLAYGROUND_ITEMS)
+        return open_playground(seed or 0, limit or PLAYGROUND_ITEMS, split)
     if not path:
         raise DataError(f"benchmark {name!r} needs --data (its folder or file)")
     path = Path(path).expanduser()
@@ -372,8 +374,9 @@ def read_mme_tsv(path: Path) -> Iterator[Item]:
 
 # ----- playground -------------------------------------------------------------------------------
 
-def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS) -> Benchmark:
-    """``n`` scenes from the playground's TEST seed range, from its ``start``-th seed on.
+def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "test") -> Benchmark:
+    """``n`` scenes from the playground's TEST seed range (or VAL, to choose a checkpoint without
+    looking at test), from its ``start``-th seed on.
 
     Scenes are generated when their item is read (~0.1 s each); the variant names the world's
     version and the first seed, so a resumed run must ask for the same scenes (a larger limit
@@ -384,7 +387,9 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS) -> Benchmark:
     if n < 1:
         raise DataError("playground: ask for at least one scene")
     try:
-        seeds = split_seeds("test", n, start)
+        if split not in ("test", "val"):
+            raise ValueError(f"split {split!r}: evaluate on test or val scenes only")
+        seeds = split_seeds(split, n, start)
     except ValueError as e:
         raise DataError(f"playground: {e}") from None
 
@@ -395,7 +400,7 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS) -> Benchmark:
                        {"category": scene.target.colour, "seed": seed, "detail": scene.detail},
                        gt_box=scene.box)
 
-    return Benchmark("playground", f"{VERSION} test scenes from seed {seeds[0]}",
+    return Benchmark("playground", f"{VERSION} {split} scenes from seed {seeds[0]}",
                      Path("playground"), items, len(seeds))
 
 

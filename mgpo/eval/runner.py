@@ -77,6 +77,7 @@ class EvalConfig:
     image_root: str | None = None             # where relative image paths start (default: next to the data file)
     categories: str | None = None             # vstar: subfolders to score, comma-separated, or "all"
                                               # (default: direct_attributes,relative_position — the official 191)
+    split: str = "test"                       # playground: the seed split its scenes come from (test | val)
     # the engine's settings (turns, pixel limits, box rule, prompts, decoding): greedy by default
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -104,6 +105,8 @@ class EvalConfig:
             raise EvalError("--batch-size must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise EvalError("--limit must be at least 1")
+        if self.split not in ("test", "val"):
+            raise EvalError(f"--split must be test or val, not {self.split!r} (the other splits are training's)")
         try:
             self.engine.check(self.mode)
         except InputError as e:

@@ -34,7 +34,9 @@ INDEX = "checkpoints.json"
 DISPLAY_SIDE = 1024                  # draw_boxes scales the scene to at most this many pixels a side
 TRUTH_COLOUR = (0, 170, 70)
 MODEL_COLOUR = TURN_COLOURS[0]       # the Ask tab's turn-1 orange
-CURVE_KEYS = ("reward", "accuracy", "valid_box", "iou")   # metrics.jsonl series the tab plots
+# one colour per checkpoint in the compare view (never the truth's green)
+CHECKPOINT_COLOURS = [(255, 122, 0), (0, 110, 230), (230, 0, 126), (140, 70, 210), (150, 90, 30), (20, 20, 20)]
+CURVE_KEYS = ("reward", "accuracy", "valid_box", "iou", "hit")   # metrics.jsonl series the tab plots
 
 
 class ReleaseError(ValueError):
@@ -223,6 +225,30 @@ def draw_boxes(image: Image.Image, truth, predicted, side: int = DISPLAY_SIDE) -
     if predicted is not None:
         marks.append(Mark(tuple(predicted), MODEL_COLOUR, "model", halo=(40, 40, 40)))
     return draw_marks(image, marks, side)
+
+
+def draw_compare(image: Image.Image, truth, boxes: list[tuple[str, tuple | None]],
+                 side: int = DISPLAY_SIDE) -> Image.Image:
+    """``image`` with the hidden truth (green dashes) and each checkpoint's box in its own colour
+    (:data:`CHECKPOINT_COLOURS`, in the order given; ``boxes``: ``(label, box or None)``). Boxes
+    that coincide are drawn a little inside one another, labels alternating above and below, so
+    each stays visible."""
+    marks = []
+    if truth is not None:
+        marks.append(Mark(tuple(truth), TRUTH_COLOUR, "truth", dashed=True, label_below=True, halo=(255, 255, 255)))
+    inset = max(image.size) // 160
+    for k, (label, box) in enumerate(boxes):
+        if box is None:
+            continue
+        x1, y1, x2, y2 = box
+        d = min(k * inset, (x2 - x1) // 4, (y2 - y1) // 4)
+        marks.append(Mark((x1 + d, y1 + d, x2 - d, y2 - d), checkpoint_colour(k), label,
+                          label_below=bool(k % 2), halo=(40, 40, 40)))
+    return draw_marks(image, marks, side)
+
+
+def checkpoint_colour(index: int) -> tuple[int, int, int]:
+    return CHECKPOINT_COLOURS[index % len(CHECKPOINT_COLOURS)]
 
 
 def summary_markdown(summary: dict | None) -> str:

@@ -54,7 +54,30 @@ GROUND_PROMPTS = {
     "locate": "<image>Locate the {name} in the image. Output the coordinates of the {name} in JSON format.",
     "where": _TURN1.replace("{ask}", "Where is the {name}?"),   # one fixed question in MGPO's turn-1 wording
     "ask": _TURN1,                                             # one of ASK_QUESTIONS per example
+    "refer": "{refer}",                                        # one of REFER_PROMPTS per example
 }
+# referring grounding in many wordings, as a pretrained VLM meets it: the object named at the
+# start, mid-sentence or at the end, never MGPO's turn-1 template ("Question: … key image area
+# relevant to the problem …"), never a question about a card's parts, never the task's shape. Some
+# share the generic "Output the coordinates … in JSON format", as Qwen's own grounding prompts do.
+REFER_PROMPTS = (
+    "<image>Locate the {name} in the image. Output the coordinates of the {name} in JSON format.",
+    "<image>Locate the {name} and output its bbox coordinates in JSON format.",
+    "<image>Find the {name}. Output its bounding box in JSON format.",
+    "<image>Detect the {name} in this image and report its bbox_2d in JSON format.",
+    "<image>Output the coordinates of the {name} in JSON format.",
+    "<image>Please output the bounding box of the {name} in JSON format.",
+    "<image>In this image there is a {name}. Output the coordinates of the area it covers in JSON format.",
+    "<image>Give the bbox_2d of the {name}, as JSON.",
+    "<image>Where in the image is the {name}? Output its coordinates in JSON format.",
+    "<image>Draw a bounding box around the {name}. Output the coordinates in JSON format.",
+    "<image>Ground the {name}: output the coordinates of the region that shows the {name} in JSON format.",
+    "<image>Which part of the picture shows the {name}? Output the coordinates of that part in JSON format.",
+    "<image>Mark the {name} with a box and output the box coordinates in JSON format.",
+    "<image>Show me the {name}. Output the coordinates in JSON format.",
+    "<image>I am looking for the {name}. Output the coordinates of its location in JSON format.",
+    "<image>Report the location of the {name} as a bounding box in JSON format.",
+)
 ASK_QUESTIONS = (
     "Where is the {name}?",
     "What colour is the border of the {name}?",
@@ -87,6 +110,35 @@ ZOOM_QUESTIONS = (
     "How are the stripes on the card oriented?",
 )
 CELL = "<image>In which cell of the board is the {name}? Answer with its row and column."
+
+
+def trained_templates(skills: Iterable[str], wordings: str = "locate") -> list[tuple[str, str, str]]:
+    """``(skill, prompt template, what is learned)`` for every prompt the named skills train with
+    (``wordings``: the grounding prompts, as ``scene_examples``' ``prompt``): what a model card
+    lists so a reader sees which prompts ever had a box as their target."""
+    box = "a `bbox_2d` JSON block (the card's box, learned)"
+    rows: list[tuple[str, str, str]] = []
+    skills = tuple(skills)
+    if "ground" in skills:
+        for w in dict.fromkeys(x.strip() for x in wordings.split(",") if x.strip()):
+            if w == "refer":
+                rows += [("ground", t, box) for t in REFER_PROMPTS]
+            elif w == "ask":
+                rows += [("ground", GROUND_PROMPTS["ask"].replace("{ask}", q), box) for q in ASK_QUESTIONS]
+            else:
+                rows.append(("ground", GROUND_PROMPTS[w], box))
+    if "cell" in skills:
+        rows.append(("cell", CELL, "`row R, column C` (learned)"))
+    if "read" in skills:
+        rows += [("read", READ_OPEN, "`\\boxed{orientation}` (learned)"),
+                 ("read", READ_CHOICES, "`\\boxed{letter}` (learned)")]
+    if "zoom" in skills:
+        rows.append(("zoom", "turn 1 (context, never learned): " + GROUND_PROMPTS["ask"].replace("{ask}", "<one of ASK_QUESTIONS>")
+                     + " → its box; turn 2: MGPO's turn-2 template around one of: " + " / ".join(ZOOM_QUESTIONS),
+                     "turn 2's `\\boxed{letter}` only (the turn-1 box is context)"))
+    if "answer" in skills:
+        rows.append(("answer", ANSWER, "`\\boxed{letter}` (learned)"))
+    return rows
 
 
 @dataclass
@@ -145,7 +197,8 @@ def ground_examples(scene: Scene, budgets: Budgets = Budgets(), prompt: str = "l
         # (x1, y1, x2, y2): original pixels → the overview's model frame, snapped to the lattice
         box = snap(geometry.to_frame(card.box, overview.frame, overview.region), overview.frame)
         ask = rng.choice(ASK_QUESTIONS).format(name=name)
-        out.append(Example("ground", GROUND_PROMPTS[rng.choice(wordings)].format(name=name, ask=ask), [overview.image],
+        template = GROUND_PROMPTS[rng.choice(wordings)].replace("{refer}", rng.choice(REFER_PROMPTS))
+        out.append(Example("ground", template.format(name=name, ask=ask), [overview.image],
                            bbox_json(box, name, label_first),
                            {"seed": scene.seed, "name": name, "box_model": list(box), "frame": list(overview.frame),
                             "box_original": list(card.box)}))
@@ -290,6 +343,7 @@ def corpus(n_scenes: int = 200, split: str = "skills") -> Iterator[str]:
 
     yield CHAT_TEMPLATE.replace("{%", " ").replace("%}", " ")
     yield "You are a helpful assistant. system user assistant"
+    yield from (p.replace("<image>", "\n").format(name="red card") for p in REFER_PROMPTS)
     for k, ex in enumerate(skill_examples(n_scenes, split=split)):
         yield ex.prompt.replace("<image>", "\n")
         yield ex.target

@@ -34,6 +34,7 @@ def release_card(cfg: RecipeConfig, summary: dict, checkpoints, story: str = "")
     table = "\n".join(["| model | mode | accuracy | valid-box ratio | mean IoU (all items) | hits (IoU ≥ 0.5) | "
                         "accuracy after a hit | crop-only accuracy | n |",
                         "|---|---|---|---|---|---|---|---|---|", *rows]) if rows else "(no evaluation in this run)"
+    per_ckpt = checkpoints_markdown(summary)
     skills = summary.get("skills") or {}
     held = skills.get("eval") or {}
     curve = summary.get("rl_curve") or []
@@ -55,19 +56,30 @@ evaluation; how the base was trained is told below). It only knows the playgroun
 the question asks which way the stripes on one card run, which is illegible in the 224-px overview the model sees first.
 
 ## How it was made
-1. **Base skills** (`model/`): {_with_scores(story, held) if story else f"{skills_text(cfg)} {held_out_text(held)}"}
-2. **MGPO RL** (`adapters/`, LoRA r {cfg.lora_r} on the language model, {cfg.rl_steps} steps × {cfg.prompts_per_step}
-   prompts × {cfg.group_size} samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}{'' if cfg.rl_schedule == 'constant' else f', {cfg.rl_schedule} schedule'}) with the project's trainer
-   on scenes of the "train" seed range, the paper's prompts and the **binary accuracy reward only**; the
-   ground-truth boxes never reach it. Checkpoints kept: {ckpts}.
+### 1. Base skills (`model/`)
+{_with_scores(story, held) if story else f"{skills_text(cfg)} {held_out_text(held)}{chr(10) * 2}{templates_markdown(cfg)}"}
 
-## Measured (held-out TEST seeds, greedy, `python -m mgpo.eval --benchmark playground`)
+### 2. MGPO RL (`adapters/`)
+LoRA r {cfg.lora_r} on the language model, {cfg.rl_steps} steps × {cfg.prompts_per_step} prompts × {cfg.group_size}
+samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}{'' if cfg.rl_schedule == 'constant' else f', {cfg.rl_schedule} schedule'}, with the project's trainer
+on scenes of the "train" seed range, the paper's prompts and the **binary accuracy reward only**; the
+ground-truth boxes never reach it. Checkpoints kept: {ckpts}.
+
+## Measured (held-out scenes, greedy, `python -m mgpo.eval --benchmark playground`)
+Every checkpoint, on VAL scenes (where the release's default checkpoint is chosen) and TEST scenes (what is
+reported; never used for a choice):
+
+{per_ckpt}
+
+Before RL and after it (the checkpoint chosen on VAL), TEST scenes:
+
 {table}
 
 RL per step (rollouts at temperature {cfg.rl_temperature}; `metrics.jsonl`, `curves.png`):
 - reward: {" ".join(f"{r['reward']:.2f}" for r in curve) or "–"}
 - valid-box ratio: {" ".join(f"{r['valid_box']:.2f}" for r in curve) or "–"}
 - IoU with the hidden box (analysis only): {" ".join(_fmt(r.get('iou')) for r in curve) or "–"}
+- boxes on the target, IoU ≥ 0.5 (analysis only): {" ".join(_fmt(r.get('hit')) for r in curve) or "–"}
 
 ## Use
 RELEASE is this folder.
@@ -78,6 +90,22 @@ python -m mgpo.infer --model RELEASE --checkpoint late --image scene.png \\
 python app.py --playground RELEASE   # the Playground tab
 ```
 """
+
+
+def checkpoints_markdown(summary: dict) -> str:
+    """The eval stage's per-checkpoint numbers as a table ("" when it did not run)."""
+    rows = summary.get("checkpoints") or []
+    if not rows:
+        return "(no per-checkpoint evaluation in this run)"
+    lines = ["| checkpoint | RL step | VAL MGPO accuracy (n) | TEST MGPO accuracy | valid boxes | hits (IoU ≥ 0.5) | "
+             "TEST direct accuracy (n) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v, t, d = r["val"]["mgpo"], r["test"]["mgpo"], r["test"]["direct"]
+        mark = " **(chosen on VAL)**" if r["name"] == summary.get("selected") else ""
+        lines.append(f"| {r['name']}{mark} | {r['step']} | {_fmt(v.get('accuracy'))} ({v.get('n')}) | "
+                     f"{_fmt(t.get('accuracy'))} | {_fmt(t.get('valid_box_ratio'))} | {t.get('hits')} of {t.get('n')} | "
+                     f"{_fmt(d.get('accuracy'))} ({d.get('n')}) |")
+    return "\n".join(lines)
 
 
 def skills_text(cfg: RecipeConfig) -> str:
@@ -106,7 +134,19 @@ def skills_text(cfg: RecipeConfig) -> str:
     return (f"{vision}a full fine-tune of {tuned} (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
             f"on scenes of the \"skills\" seed range{f' from index {cfg.skill_start:,}' if cfg.skill_start else ''} "
             f"with {_cards(cfg)}: {phases}. Skills: {skills}. "
-            "Never the task's question, neither → box nor → answer.")
+            "Never the task's question, neither → box nor → answer"
+            + (", and never a box as the target of MGPO's turn-1 template." if "ask" not in cfg.skill_prompt
+               and "where" not in cfg.skill_prompt else "."))
+
+
+def templates_markdown(cfg: RecipeConfig) -> str:
+    """Every prompt template the base-skills stage of ``cfg`` trained with and what it learned,
+    as a Markdown table ({name} = "red card" etc.; ⏎ = a line break)."""
+    from mgpo.playground.skill_examples import trained_templates
+
+    rows = [f"| {skill} | `{t.replace(chr(10), ' ⏎ ')}` | {target} |"
+            for skill, t, target in trained_templates(cfg.skill_list(), cfg.skill_prompt)]
+    return "\n".join(["| skill | prompt template | target |", "|---|---|---|", *rows])
 
 
 def _cards(cfg: RecipeConfig) -> str:
@@ -133,12 +173,13 @@ def base_card(cfg: RecipeConfig, hist: list[dict]) -> str:
     Each run's part ends with its own held-out skill scores (when it evaluated)."""
     last = hist[-1]["loss"] if hist else float("nan")
     evals = [r["eval"] for r in hist if r.get("eval")]
-    scores = f" {held_out_text(evals[-1])}" if evals else ""
+    scores = held_out_text(evals[-1]) if evals else ""
     title = f"# playground base model ({cfg.size} recipe)\n\n"
+    templates = f"\n\nPrompt templates of this run and their targets:\n\n{templates_markdown(cfg)}\n\n"
     if cfg.skills_from:
         before = base_story(Path(cfg.skills_from)) or f"The checkpoint `{cfg.skills_from}` (no card)."
         return (f"{title}{before}\n\nThen continued from that checkpoint (`--skills-from`) by "
-                f"{skills_text(cfg)} Final loss {last:.3f}.{scores}\n")
+                f"{skills_text(cfg)} Final loss {last:.3f}.{templates}{scores}\n")
     return (f"{title}A random Qwen2.5-VL (text {cfg.hidden}×{cfg.layers}, "
             f"vision {cfg.vision_hidden}×{cfg.vision_depth}, BPE tokenizer of {cfg.vocab_size} entries) after "
-            f"{skills_text(cfg)} Final loss {last:.3f}. Built by `python -m train.playground`.{scores}\n")
+            f"{skills_text(cfg)} Final loss {last:.3f}. Built by `python -m train.playground`.{templates}{scores}\n")

@@ -76,20 +76,22 @@ def build_model(cfg: RecipeConfig, out: Path) -> Path:
                  embed_std=cfg.embed_std or None)
 
 
-def run_eval(cfg: RecipeConfig, base: Path, adapter: Path | None, out: Path, mode: str) -> dict:
-    """The eval harness on held-out test scenes (greedy), as ``python -m mgpo.eval --benchmark
-    playground --seed S --limit N --model BASE [--adapter A] --mode MODE`` runs it."""
+def run_eval(cfg: RecipeConfig, base: Path, adapter: Path | None, out: Path, mode: str, split: str = "test") -> dict:
+    """The eval harness on held-out scenes (greedy), as ``python -m mgpo.eval --benchmark
+    playground --split SPLIT --seed S --limit N --model BASE [--adapter A] --mode MODE`` runs it:
+    ``eval_scenes`` TEST scenes, or ``val_scenes`` VAL scenes (for choosing the checkpoint)."""
     from mgpo.engine import Engine
     from mgpo.eval.datasets import open_benchmark
     from mgpo.eval.runner import EvalConfig, evaluate
     from mgpo.playground.world import Budgets
 
     b = Budgets().engine()
+    n = cfg.eval_scenes if split == "test" else cfg.val_scenes
     ecfg = EvalConfig.of(benchmark="playground", out=str(out), model=str(base),
-                      adapter=str(adapter) if adapter else None, mode=mode, limit=cfg.eval_scenes,
+                      adapter=str(adapter) if adapter else None, mode=mode, limit=n, split=split,
                       batch_size=8, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"],
                       max_new_tokens=cfg.max_new_tokens, seed=cfg.eval_seed)
-    bench = open_benchmark("playground", None, None, seed=cfg.eval_seed, limit=cfg.eval_scenes)
+    bench = open_benchmark("playground", None, None, seed=cfg.eval_seed, limit=n, split=split)
     engine = Engine.from_pretrained(str(base), ecfg.adapter, config=ecfg.engine,
                                     device="cpu" if not cuda_available() else None)
     return evaluate(engine, bench, ecfg, progress=False, overwrite=True)
@@ -104,11 +106,49 @@ def summarize(results: dict) -> dict:
             "crop_only_accuracy": crop.get("accuracy") if crop else None}
 
 
+def checkpoint_list(cfg: RecipeConfig, rl_dir: Path | None) -> list[tuple[str, int, Path | None]]:
+    """``(name, RL step, adapter or None)`` of the base and every RL snapshot saved in ``rl_dir``."""
+    out: list[tuple[str, int, Path | None]] = [("before RL", 0, None)]
+    for step, name in snapshot_steps(cfg.rl_steps).items() if rl_dir is not None else ():
+        path = rl_dir / "snapshots" / f"step-{step:04d}"
+        if path.is_dir():
+            out.append((name, step, path))
+    return out
+
+
+def evaluate_checkpoints(cfg: RecipeConfig, out: Path, base_dir: Path, rl_dir: Path | None) -> dict:
+    """Every checkpoint (the base, then each RL snapshot) on ``val_scenes`` VAL scenes (MGPO) and on
+    ``eval_scenes`` TEST scenes (direct and MGPO). The release's checkpoint is chosen on VAL alone
+    — MGPO accuracy, then hits, then the later step — never on test. A checkpoint whose results
+    are already written is not evaluated again (an interrupted eval stage resumes)."""
+    rows = []
+    for name, step, adapter in checkpoint_list(cfg, rl_dir):
+        tag = f"step-{step:04d}"
+        row = {"name": name, "step": step}
+        for split, mode in (("val", "mgpo"), ("test", "direct"), ("test", "mgpo")):
+            folder = out / "eval" / f"{tag}-{split}-{mode}"
+            done = folder / "results.json"
+            made = [base_dir / "config.json"] + ([adapter / "adapter_config.json"] if adapter is not None else [])
+            stale = done.is_file() and done.stat().st_mtime < max(p.stat().st_mtime for p in made)
+            results = json.loads(done.read_text()) if done.is_file() and not stale else run_eval(
+                cfg, base_dir, adapter, folder, mode, split)
+            row.setdefault(split, {})[mode] = summarize(results)
+        echo(f"eval {name} (step {step}): val mgpo {row['val']['mgpo']['accuracy']:.3f}, test mgpo "
+             f"{row['test']['mgpo']['accuracy']:.3f} (hits {row['test']['mgpo']['hits']}), test direct "
+             f"{row['test']['direct']['accuracy']:.3f}")
+        rows.append(row)
+    chosen = max(rows, key=lambda r: (r["val"]["mgpo"]["accuracy"] or 0.0, r["val"]["mgpo"]["hits"] or 0, r["step"]))
+    result = {"checkpoints": rows, "selected": chosen["name"], "before": rows[0]["test"]}
+    if len(rows) > 1:
+        result["after"] = chosen["test"]
+    return result
+
+
 def _release_curves() -> list[tuple[str, str]]:
     """The panels of the release's curves.png: the trainer's own reward, valid-box and IoU curves."""
     from ..metrics import CURVES
 
-    return [(k, t) for k, t in CURVES if k in ("reward", "valid_box", "iou")]
+    return [(k, t) for k, t in CURVES if k in ("reward", "valid_box", "iou", "hit")]
 
 
 def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
@@ -143,7 +183,8 @@ def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
             shutil.copy(out / name, tmp / name)
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (tmp / "README.md").write_text(release_card(cfg, summary, checkpoints, base_story(base_dir)))
-    write_index(tmp, checkpoints, checkpoints[-1].name)
+    chosen = summary.get("selected")
+    write_index(tmp, checkpoints, chosen if chosen in {c.name for c in checkpoints} else checkpoints[-1].name)
     Release.load(tmp)                      # refuse to ship a folder the app could not open
     if release.exists():
         shutil.rmtree(release)
@@ -191,29 +232,21 @@ def run(cfg: RecipeConfig) -> dict:
                              "eval_curve": [{"step": r["step"], **r["eval"]} for r in evals]}
         summary["seconds"]["skills"] = time.perf_counter() - t
         del loaded
-    if "eval" in stages and "rl" in stages:
-        t = time.perf_counter()
-        summary["before"] = {m: summarize(run_eval(cfg, base_dir, None, out / "eval" / f"before-{m}", m))
-                             for m in ("direct", "mgpo")}
-        summary["seconds"]["eval_before"] = time.perf_counter() - t
     if "rl" in stages:
         t = time.perf_counter()
-        if rl_dir.exists():
+        if "skills" in stages and rl_dir.exists():   # a new base: the RL of the old one is stale
             import shutil
 
             shutil.rmtree(rl_dir)
-        run_rl(cfg, base_dir, rl_dir)
+        run_rl(cfg, base_dir, rl_dir)   # resumes from its newest checkpoint in rl_dir, if any
         summary["rl_curve"] = rl_curve(rl_dir / "metrics.jsonl")
         summary["seconds"]["rl"] = time.perf_counter() - t
     if "eval" in stages:
         t = time.perf_counter()
-        # an adapter from an earlier run belongs to an earlier base: only use it if skills were not retrained
+        # RL snapshots from an earlier run belong to an earlier base: only use them if skills were not retrained
         fresh = "rl" in stages or "skills" not in stages
-        adapter = rl_dir / "adapter" if fresh and (rl_dir / "adapter").is_dir() else None
-        when = "after" if adapter else "before"
-        summary[when] = {m: summarize(run_eval(cfg, base_dir, adapter, out / "eval" / f"{when}-{m}", m))
-                         for m in ("direct", "mgpo")}
-        summary["seconds"][f"eval_{when}"] = time.perf_counter() - t
+        summary.update(evaluate_checkpoints(cfg, out, base_dir, rl_dir if fresh else None))
+        summary["seconds"]["eval"] = time.perf_counter() - t
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if "ship" in stages:
         release = ship(cfg, out, Path(cfg.release) if cfg.release else out / "release", summary)

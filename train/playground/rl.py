@@ -50,16 +50,24 @@ def rl_config(cfg: RecipeConfig, base: Path, data: Path, out: Path):
         rewards={"accuracy": 1.0}, kl_coef=cfg.kl_coef, lora_r=cfg.lora_r, lora_alpha=cfg.lora_r,
         lr=cfg.rl_lr, lr_schedule=cfg.rl_schedule, steps=cfg.rl_steps, entropy_coef=cfg.entropy_coef,
         seed=cfg.seed, gradient_checkpointing=False, dtype="",
-        save_every=0, keep_last=1, tensorboard=False, progress=False, plot=True, micro_batch=8,
+        save_every=max(1, cfg.rl_steps // 8), keep_last=1, resume=True,   # an interrupted RL stage resumes
+        tensorboard=False, progress=False, plot=True, micro_batch=8,
         mini_batches=1,   # one on-policy update per step: what the shipped playground RL was measured with
     )
 
 
+SNAPSHOTS = ((1 / 8, "early"), (1 / 4, "quarter"), (1 / 2, "middle"), (3 / 4, "three quarters"), (1.0, "late"))
+
+
 def snapshot_steps(steps: int) -> dict[int, str]:
-    """The RL steps whose adapters the release keeps: early, middle and late (= the last)."""
+    """The RL steps whose adapters the release keeps (:data:`SNAPSHOTS`: an eighth, a quarter,
+    half, three quarters and all of the run; fewer when short runs round two onto one step)."""
     if steps < 1:
         return {}
-    marks = {max(1, round(steps * 0.2)): "early", max(1, round(steps * 0.5)): "middle", steps: "late"}
+    marks: dict[int, str] = {}
+    for frac, name in SNAPSHOTS:
+        marks.setdefault(max(1, round(steps * frac)), name)
+    marks[steps] = "late"
     return dict(sorted(marks.items()))
 
 
@@ -88,6 +96,7 @@ def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
             scores = [iou(r.boxes[0].box_original, truth[items[r.request].id]) if r.valid_box else 0.0
                       for r in rollouts]
             metrics["iou"] = sum(scores) / max(1, len(scores))
+            metrics["hit"] = sum(v >= 0.5 for v in scores) / max(1, len(scores))   # boxes on the card
             return metrics
 
     def on_step(step: int, metrics: dict) -> None:
@@ -99,8 +108,9 @@ def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
 
 
 def rl_curve(metrics_path: Path) -> list[dict]:
-    """(step, reward, valid_box, iou) per RL step from the trainer's metrics.jsonl."""
+    """(step, reward, valid_box, iou, hit) per RL step from the trainer's metrics.jsonl."""
     from ..metrics import read
 
-    return [{"step": r["step"], "reward": r.get("reward"), "valid_box": r.get("valid_box"), "iou": r.get("iou")}
+    return [{"step": r["step"], "reward": r.get("reward"), "valid_box": r.get("valid_box"), "iou": r.get("iou"),
+             "hit": r.get("hit")}
             for r in read(metrics_path) if "step" in r]

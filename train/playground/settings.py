@@ -45,20 +45,20 @@ SIZES: dict[str, dict] = {
                 skill_prompt="ask,ask,ask,locate", skill_simple=1.0, skill_system="mgpo", skill_eval_every=300,
                 skill_eval_scenes=32, train_vision=False, vision_whiten=True, rl_scenes=1024, rl_steps=64,
                 prompts_per_step=16, group_size=8, rl_lr=1e-3, rl_schedule="cosine", rl_temperature=1.0, lora_r=32,
-                eval_scenes=200),
+                eval_scenes=200, val_scenes=64),
     # one H200 (not measured: no GPU session yet)
     "gpu": dict(hidden=512, layers=8, vision_hidden=256, vision_depth=6, vision_steps=300, vision_batch=64,
                 curriculum="cell:1500:1e-3 cell,ground:2500:5e-4 cell,ground,zoom,answer:2000:5e-4", skill_batch=64,
                 skill_prompt="ask,locate,where",
                 skill_simple=0.5, skill_system="mgpo", skill_eval_every=1000, skill_eval_scenes=25,
                 train_vision=False, vision_whiten=True, rl_scenes=4000, rl_steps=150, prompts_per_step=32,
-                group_size=8, rl_lr=5e-4, eval_scenes=200),
+                group_size=8, rl_lr=5e-4, eval_scenes=200, val_scenes=64),
     # every stage end to end in about a minute (CI): checks the mechanics, not the learning
     "ci": dict(hidden=64, layers=2, vision_hidden=32, vision_depth=2, vocab_size=600, corpus_scenes=8,
                vision_steps=3, vision_batch=4, curriculum="cell,zoom:3:2e-3 cell,ground,zoom,answer:3:1e-3",
                skill_batch=4, skill_eval_every=6, skill_eval_scenes=1, train_vision=True, vision_whiten=True,
                rl_scenes=8, rl_steps=4, prompts_per_step=2, group_size=2, lora_r=8, max_new_tokens=48,
-               eval_scenes=2, stages="model,skills,rl,eval,ship"),
+               eval_scenes=2, val_scenes=2, stages="model,skills,rl,eval,ship"),
 }
 
 
@@ -115,7 +115,8 @@ class RecipeConfig:
     rl_temperature: float = 1.0       # rollout temperature (the paper's 1.0)
     entropy_coef: float = 0.0         # with all-equal rewards the bonus alone moves the policy (observed)
     # eval (mgpo.eval on held-out test seeds)
-    eval_scenes: int = 16             # TEST scenes, before and after RL (direct and MGPO)
+    eval_scenes: int = 16             # TEST scenes per checkpoint (direct and MGPO): the numbers reported
+    val_scenes: int = 16              # VAL scenes per checkpoint (MGPO): the release's checkpoint is chosen on these
     eval_seed: int = 0                # first test-scene index
     workers: int = -1                 # processes rendering scenes ahead of training (-1: CPUs - 1 with a GPU, else 0)
     stages: str = "model,skills,rl,eval"   # comma-separated, in this order: model, skills, rl, eval, ship
@@ -132,7 +133,7 @@ class RecipeConfig:
 
         problems = []
         for name in ("hidden", "layers", "vision_hidden", "vision_depth", "skill_batch", "rl_scenes",
-                     "prompts_per_step", "group_size", "lora_r", "max_new_tokens", "eval_scenes"):
+                     "prompts_per_step", "group_size", "lora_r", "max_new_tokens", "eval_scenes", "val_scenes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
         if self.hidden % 8:

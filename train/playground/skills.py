@@ -110,7 +110,8 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     """Greedy base-skill scores on held-out VAL scenes: grounding (valid JSON box, mean IoU with
     the card, share with IoU ≥ 0.5), reading and direct-answer accuracy — and, for analysis
     only, the same grounding scores under the task's own turn 1 (``task_*``: MGPO's grounding
-    prompt around the task question, which the skills never train with a box)."""
+    prompt around the task question, which the skills never train with a box), greedy and sampled
+    at temperature 1 as RL samples it (``task_t1_valid``, ``task_t1_hit``: 4 samples a scene)."""
     import dataclasses
 
     import torch
@@ -153,6 +154,20 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
                     scores.setdefault(f"{ex.skill}_hit", []).append(float(v >= 0.5))
                 else:
                     scores.setdefault(ex.skill, []).append(float(text.strip() == ex.target))
+        # the same task turn 1 sampled as RL samples it (temperature 1, 4 samples each): RL has a
+        # signal only if some of these boxes are valid and on the card
+        tasks = [ex for ex in examples if ex.skill == "task"] * 4
+        for k in range(0, len(tasks), 16):
+            chunk = tasks[k:k + 16]
+            with torch.no_grad():
+                convs = example_prompts(backend, chunk, [system] * len(chunk))
+                outs = drain(backend.generate(convs, list(range(len(chunk))), Sampling(
+                    temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + k)))
+            for i, ex in enumerate(chunk):
+                m = find_bbox(outs[i].text)
+                v = iou(m.box, ex.meta["box_model"]) if m else 0.0
+                scores.setdefault("task_t1_valid", []).append(float(m is not None))
+                scores.setdefault("task_t1_hit", []).append(float(v >= 0.5))
     finally:
         backend.core.train(was_training)
     return {k: sum(v) / len(v) for k, v in sorted(scores.items())}

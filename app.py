@@ -76,6 +76,8 @@ class AppConfig:
     max_adapters: int = 4           # adapters held at once (the least recently used goes)
     adapter_max_mb: int = 1024      # adapter_model.safetensors size limit
     adapter_max_rank: int = 256     # LoRA rank limit
+    server: str | None = None       # OpenAI-compatible server URL(s) that answer instead of a model loaded here
+    server_model: str | None = None  # the served model's name (None: the server's only one)
 
     def adapter_policy(self, environ: dict | None = None) -> AdapterPolicy:
         """What visitors may load. Without ``any_adapter`` set, a Space (``SPACE_ID`` in the
@@ -125,12 +127,18 @@ def parse_args(argv: list[str] | None = None, environ: dict | None = None) -> Ap
                    help="largest adapter_model.safetensors a visitor may load (env MGPO_ADAPTER_MAX_MB)")
     p.add_argument("--adapter-max-rank", type=int, default=int(env.get("MGPO_ADAPTER_MAX_RANK", d.adapter_max_rank)),
                    help="highest LoRA rank a visitor may load (env MGPO_ADAPTER_MAX_RANK)")
+    p.add_argument("--server", default=env.get("MGPO_SERVER") or None, metavar="URL[,URL…]",
+                   help="answer with the model an OpenAI-compatible server (vllm serve, SGLang) serves instead of "
+                        "loading one here: a CPU Space can answer with a 7B served elsewhere (env MGPO_SERVER)")
+    p.add_argument("--server-model", default=env.get("MGPO_SERVER_MODEL") or None, metavar="NAME",
+                   help="the served model's name (default: the server's only model; env MGPO_SERVER_MODEL)")
     a = p.parse_args(argv)
     if a.max_adapters < 1:
         p.error("--max-adapters must be at least 1")
     listed = tuple(x.strip() for x in a.adapters.split(",") if x.strip())
     return AppConfig(a.model, a.adapter, a.host, a.port, a.share, a.queue_size, a.concurrency, a.gpu_seconds,
-                     a.playground, listed, a.any_adapter, a.max_adapters, a.adapter_max_mb, a.adapter_max_rank)
+                     a.playground, listed, a.any_adapter, a.max_adapters, a.adapter_max_mb, a.adapter_max_rank,
+                     a.server, a.server_model)
 
 
 def gpu_wrapper(seconds: int):
@@ -368,8 +376,12 @@ def make_app(cfg: AppConfig) -> gr.Blocks:
     if isinstance(playground, Release):
         playground = PlaygroundModel(playground, gpu=gpu_wrapper(cfg.gpu_seconds))
     try:
-        runner = Runner(Engine.from_pretrained(cfg.model), cfg.adapter, cfg.adapter_policy(), gpu_wrapper(cfg.gpu_seconds))
-    except ModelLoadError as e:
+        if cfg.server:    # the model is served elsewhere: no GPU here, adapters are the server's
+            runner = Runner(Engine.from_server(cfg.server, model=cfg.server_model))
+        else:
+            runner = Runner(Engine.from_pretrained(cfg.model), cfg.adapter, cfg.adapter_policy(),
+                            gpu_wrapper(cfg.gpu_seconds))
+    except (ModelLoadError, ValueError) as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return error_demo(str(e), cfg.model, playground, cfg.queue_size, cfg.concurrency)

@@ -38,6 +38,11 @@ class Generated:
     prefill_tokens: int
     prefill_seconds: float
     decode_seconds: float
+    new_tokens: int | None = None   # tokens generated, where the ids stay elsewhere (a server); else len(token_ids)
+
+    @property
+    def count(self) -> int:
+        return len(self.token_ids) if self.new_tokens is None else self.new_tokens
 
 
 @dataclass

@@ -174,6 +174,18 @@ class Engine:
         name = model + (f" + {adapter}" if adapter else "")
         return cls(QwenBackend(loaded.model, loaded.processor, kv_reuse=kv_reuse), config, name=name, model_name=model)
 
+    @classmethod
+    def from_server(cls, urls: str | list[str], config: EngineConfig | None = None, model: str | None = None,
+                    **server_kwargs) -> "Engine":
+        """The engine over OpenAI-compatible chat-completions servers (``vllm serve``, SGLang):
+        ``urls`` one or several base URLs (comma-separated), ``model`` the served model's name
+        (None: the server's only one). See :mod:`mgpo.server`."""
+        from .server import ServerBackend
+
+        backend = ServerBackend(urls, model, **server_kwargs)
+        name = f"{model or 'served model'} @ {backend.description}"
+        return cls(backend, config or EngineConfig(), name=name, model_name=model or backend.description)
+
     # ----- public calls -----------------------------------------------------------------------
 
     def run(self, image, question: str, choices: list[str] | None = None, *, mode: str = "mgpo",
@@ -227,7 +239,7 @@ class Engine:
                 g = gens[s.row]
                 s.texts.append(g.text)
                 s.kinds.append(s.kind)
-                yield TurnFinished(s.row, turn, g.text, len(g.token_ids), g.stop, g.prefill_tokens,
+                yield TurnFinished(s.row, turn, g.text, g.count, g.stop, g.prefill_tokens,
                                    s.current.visual_tokens, g.prefill_seconds, g.decode_seconds)
                 if s.kind in ("direct", "crop", "fallback") or turn == cfg.max_turns:
                     if s.kind == "direct":

@@ -5,7 +5,8 @@
 
 Human-readable by default (the turns stream as they are generated); with ``--json`` one JSON
 object per event per line, each with a ``type`` field. Bad input gives a message on stderr and
-a non-zero exit code (2 for bad arguments or input, 3 when the model cannot be loaded).
+a non-zero exit code (2 for bad arguments or input, 3 when the model cannot be loaded, 4 when a
+``--server`` fails every retry).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from . import geometry
 from .engine import DEFAULT_MODEL, EngineConfig, InputError
 from .images import ImageError, load_image
+from .server import ServerError, add_arguments as add_server_arguments, server_kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, cpu, … (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
     p.add_argument("--save-crops", default=None, metavar="DIR", help="write each crop as a PNG here")
+    add_server_arguments(p)
     return p
 
 
@@ -106,7 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
     )
     try:
-        engine = Engine.from_pretrained(args.model, args.adapter, config=config, device=args.device)
+        if args.server:
+            if args.adapter:
+                raise ValueError("--adapter with --server: serve the adapter (vllm serve --lora-modules NAME=DIR) "
+                                 "and pass --server-model NAME")
+            engine = Engine.from_server(args.server, config, args.server_model, **server_kwargs(args))
+        else:
+            engine = Engine.from_pretrained(args.model, args.adapter, config=config, device=args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=err)
+        return 2
     except ModelLoadError as e:
         print(f"error: {e}", file=err)
         return 3
@@ -124,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ImageError) as e:
         print(f"error: {e}", file=err)
         return 2
+    except ServerError as e:
+        print(f"error: {e}", file=err)
+        return 4
     except KeyboardInterrupt:
         print("\ninterrupted", file=err)
         return 130

@@ -18,6 +18,7 @@ from pathlib import Path
 from .. import geometry
 from ..engine import DEFAULT_MODEL, EngineConfig
 from .datasets import BENCHMARKS, DataError, open_benchmark
+from ..server import ServerError, add_arguments as add_server_arguments, served_name, server_kwargs
 from .runner import EvalConfig, EvalError, check_resume, evaluate, make_protocol
 
 
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
                    help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--overwrite", action="store_true", help="discard earlier results in --out")
+    add_server_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -93,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         for note in bench.notes:
             print(f"note: {note}", file=sys.stderr)
         out = Path(cfg.out).expanduser()
+        if args.server:
+            if cfg.adapter:
+                raise EvalError("--adapter with --server: serve the adapter (vllm serve --lora-modules NAME=DIR) "
+                                "and pass --server-model NAME")
+            cfg.model = served_name(args)
         if not args.overwrite and out.is_dir():   # refuse a mismatched resume before loading weights
             name = cfg.model + (f" + {cfg.adapter}" if cfg.adapter else "")
             check_resume(out, make_protocol(name, bench, cfg), write=False)
@@ -100,14 +107,22 @@ def main(argv: list[str] | None = None) -> int:
         from ..model import ModelLoadError
 
         try:
-            engine = Engine.from_pretrained(cfg.model, cfg.adapter, config=cfg.engine, device=args.device,
-                                            dtype=args.dtype)
-        except ModelLoadError as e:
+            if args.server:
+                engine = Engine.from_server(args.server, cfg.engine, args.server_model, **server_kwargs(args))
+                engine.name = cfg.model
+            else:
+                engine = Engine.from_pretrained(cfg.model, cfg.adapter, config=cfg.engine, device=args.device,
+                                                dtype=args.dtype)
+        except (ModelLoadError, ValueError) as e:
             raise EvalError(str(e)) from None
         results = evaluate(engine, bench, cfg, progress=not args.no_progress, overwrite=args.overwrite)
     except (DataError, EvalError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ServerError as e:
+        print(f"error: {e}\nfinished items are in {cfg.out}/items.jsonl — rerun the same command to resume",
+              file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished items are in {cfg.out}/items.jsonl — rerun the same command to resume",
               file=sys.stderr)

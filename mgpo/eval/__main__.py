@@ -6,6 +6,11 @@ playground's 224² overview / 112² crop floor; results add the IoU with the hid
 
 Writes ``DIR/items.jsonl`` (one row per item, as it goes), ``DIR/results.json`` (protocol +
 scores) and ``DIR/results.md``. Rerunning the same command resumes where it stopped.
+
+Several GPUs: ``accelerate launch --num_processes N -m mgpo.eval …`` deals the items out to N
+processes (one GPU each; rows in ``DIR/parts/`` until the main process merges them into the
+same ``items.jsonl`` a single process writes). ``--server URL[,URL…]``: the model answers from
+OpenAI-compatible servers instead (:mod:`mgpo.server`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from .. import geometry
 from ..engine import DEFAULT_MODEL, EngineConfig
 from .datasets import BENCHMARKS, DataError, open_benchmark
 from ..server import ServerError, add_arguments as add_server_arguments, served_name, server_kwargs
-from .runner import EvalConfig, EvalError, check_resume, evaluate, make_protocol
+from .runner import EvalConfig, EvalError, World, check_resume, evaluate, make_protocol
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                 engine = Engine.from_server(args.server, cfg.engine, args.server_model, **server_kwargs(args))
                 engine.name = cfg.model
             else:
-                engine = Engine.from_pretrained(cfg.model, cfg.adapter, config=cfg.engine, device=args.device,
+                device = args.device
+                if device is None and World.current().size > 1:   # accelerate launch: one GPU per process
+                    device = str(World.current().state.device)
+                engine = Engine.from_pretrained(cfg.model, cfg.adapter, config=cfg.engine, device=device,
                                                 dtype=args.dtype)
         except (ModelLoadError, ValueError) as e:
             raise EvalError(str(e)) from None
@@ -127,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; finished items are in {cfg.out}/items.jsonl — rerun the same command to resume",
               file=sys.stderr)
         return 130
+    if not World.current().main:
+        return 0
     s, g = results["scores"], results.get("grounding")
     iou = "" if not g or g["mean_iou"] is None else f", mean IoU {g['mean_iou']:.3f} over {g['n_boxed']} boxes"
     print(f"{results['protocol']['benchmark']} {cfg.mode}: {100 * s['overall']:.1f}% "

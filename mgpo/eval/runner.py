@@ -48,6 +48,7 @@ ITEMS = "items.jsonl"
 RUN = "run.json"
 RESULTS = "results.json"
 REPORT = "results.md"
+PARTS = "parts"               # a multi-process run's rows, one file per process, until merged
 
 ANSWER_RULE = ("letter from the last \\boxed{} (or a choice's text inside it); "
                "fallback: last 'answer is X' phrase, or a bare letter reply")
@@ -286,7 +287,7 @@ def _generate(engine: Engine, pairs: list[tuple[Item, object]], cfg: EvalConfig)
             "kinds": r.kinds,                     # grounding | crop | fallback | refine | direct
             "turns": r.final.turns,
             "valid_box": r.valid_box,
-            "boxes": [b.to_dict() for b in r.boxes],
+            "boxes": [_box_row(b) for b in r.boxes],
             "crop_area": r.crop_area,
             "visual_tokens": r.final.visual_tokens,
             "native_visual_tokens": r.final.native_visual_tokens,
@@ -297,6 +298,14 @@ def _generate(engine: Engine, pairs: list[tuple[Item, object]], cfg: EvalConfig)
             "error": None,
         })
     return rows
+
+
+def _box_row(box) -> dict:
+    """A box event for items.jsonl, without its place in the engine's batch (which depends on
+    how the items were batched and dealt out, not on the item)."""
+    d = box.to_dict()
+    d.pop("sample", None)
+    return d
 
 
 def _generate_isolating(engine: Engine, pairs, cfg: EvalConfig) -> list[dict]:
@@ -340,20 +349,33 @@ def evaluate(engine: Engine, bench: Benchmark, cfg: EvalConfig, progress: bool =
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise EvalError(f"--out {out} is a file; pass a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in (ITEMS, RUN, RESULTS, REPORT):
-            (out / name).unlink(missing_ok=True)
+    world = World.current()
+    parts = out / PARTS
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in (ITEMS, RUN, RESULTS, REPORT):
+                (out / name).unlink(missing_ok=True)
+            for part in parts.glob("*.jsonl"):
+                part.unlink()
+    world.barrier()
     protocol = make_protocol(engine.name, bench, cfg)
-    check_resume(out, protocol)
-    done = load_rows(out / ITEMS)
+    check_resume(out, protocol, write=False)      # every process refuses a different protocol alike
+    world.barrier()
+    if world.main:
+        check_resume(out, protocol)
+    done = _finished(out)
+    world.barrier()                               # every process has read what is done before any writes
 
     total = bench.total if cfg.limit is None else (min(cfg.limit, bench.total) if bench.total else cfg.limit)
     selected: list[str] = []
     pending: list[Item] = []
     correct = seen = 0
-    with (out / ITEMS).open("a", encoding="utf-8") as f, \
-            _progress(total, f"{bench.name} {cfg.mode}", progress) as bar:
+    mine = out / ITEMS if world.size == 1 else parts / f"rank-{world.rank}.jsonl"
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    todo = 0
+    with mine.open("a", encoding="utf-8") as f, \
+            _progress(total, f"{bench.name} {cfg.mode}", progress and world.main) as bar:
 
         def record(rows: list[dict]) -> None:
             nonlocal correct, seen
@@ -362,13 +384,16 @@ def evaluate(engine: Engine, bench: Benchmark, cfg: EvalConfig, progress: bool =
                 done[row["id"]] = row
             seen += len(rows)
             correct += sum(bool(r["correct"]) for r in rows)
-            bar.update(len(rows))
+            bar.update(len(rows) * world.size)
             bar.set_postfix(acc=f"{100 * correct / seen:.1f}%")
 
         for it in itertools.islice(unique_ids(bench.items()), cfg.limit):
             selected.append(it.id)
             if it.id in done:
                 bar.update(1)
+                continue
+            todo += 1
+            if (todo - 1) % world.size != world.rank:   # the items left are dealt out in turn
                 continue
             pending.append(it)
             if len(pending) == cfg.batch_size:
@@ -377,11 +402,63 @@ def evaluate(engine: Engine, bench: Benchmark, cfg: EvalConfig, progress: bool =
         if pending:
             record(run_batch(engine, pending, cfg))
 
+    world.barrier()                               # every process has written its items
+    if not world.main:
+        world.barrier()                           # the main process merges and scores
+        return json.loads((out / RESULTS).read_text(encoding="utf-8"))
+    done = _finished(out)
     if not selected:
         raise EvalError(f"no items were read from {bench.path}")
     rows = [done[i] for i in selected]
+    # one items.jsonl in the benchmark's order, whatever the processes and resumes that made it
+    tmp = out / (ITEMS + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        chosen = set(selected)
+        _append(f, rows + [r for k, r in done.items() if k not in chosen])   # rows of a larger earlier --limit
+    tmp.replace(out / ITEMS)
+    for part in parts.glob("*.jsonl"):
+        part.unlink()
     protocol["items"] = len(rows)
+    protocol["processes"] = world.size
     results = {"protocol": protocol, **score(bench.name, rows)}
     (out / RESULTS).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     (out / REPORT).write_text(markdown(results), encoding="utf-8")
+    world.barrier()
     return results
+
+
+def _finished(out: Path) -> dict[str, dict]:
+    """Finished rows by id: items.jsonl and every process's part (a multi-process run that stopped)."""
+    done = load_rows(out / ITEMS)
+    for part in sorted((out / PARTS).glob("*.jsonl")):
+        done.update(load_rows(part))
+    return done
+
+
+@dataclass
+class World:
+    """The processes of an ``accelerate launch`` (or torchrun) evaluation: each takes every
+    ``size``-th item still to do, writes its rows to ``parts/rank-R.jsonl`` and the main process
+    merges them. One process (``size`` 1) writes items.jsonl directly."""
+
+    rank: int = 0
+    size: int = 1
+    state: object = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def current(cls) -> "World":
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())   # gloo on CPU, NCCL with GPUs
+        return cls(state.process_index, state.num_processes, state)
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()

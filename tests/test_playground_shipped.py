@@ -50,6 +50,8 @@ def test_the_card_reports_the_summarys_numbers(release):
     assert "binary accuracy reward only" in card
     # the card tells how the base was made, the continuations included, and never trained the task's question
     assert card.count("Then continued from that checkpoint") == 8 and "Never the task's question" in card
+    # … and says that its `ask`/`where` wordings were MGPO's turn-1 template with the card's box as the target
+    assert card.count("MGPO's turn-1 template itself") == 9
     recipe = json.loads((SHIPPED / "recipe.json").read_text())
     assert recipe["size"] == "cpu"
     rows = [json.loads(line) for line in (SHIPPED / "metrics.jsonl").read_text().splitlines()]
@@ -109,4 +111,5 @@ def test_mgpo_rl_from_the_shipped_base_raises_the_reward_on_its_scenes(tmp_path)
     assert len(curve) == 16 and all(0.0 <= r["reward"] <= 1.0 for r in curve)
     assert _mean(curve[-4:], "reward") >= _mean(curve[:4], "reward") + 0.05
     assert _mean(curve[-4:], "iou") > _mean(curve[:4], "iou")
+    assert _mean(curve[-4:], "hit") > _mean(curve[:4], "hit")            # more boxes on the card (IoU ≥ 0.5)
     assert _mean(curve[-4:], "valid_box") >= max(0.95, _mean(curve[:4], "valid_box"))

@@ -20,13 +20,20 @@ PLAYGROUND_INTRO = (
     "A generated world where the answer needs the zoom: each 2048×2048 scene hides one small coloured card in "
     "clutter, and the question asks which way the fine stripes on its label run. In turn 1 the model sees a "
     "224×224 overview: the card is easy to find, but its stripes blur to a flat grey square; in the crop of the "
-    "card they are plain to see. The model is a "
-    "small Qwen2.5-VL trained here from random weights: base skills first (finding cards by name — also under "
-    "MGPO's own turn-1 prompt, with the card's box as the target — and reading close-ups), then MGPO RL with "
-    "the answer reward alone. Because its base was already taught to box the card under MGPO's prompt, RL "
-    "here refines where it looks more than it discovers it. Pick a checkpoint to compare before and after "
-    "RL. The card's true place (green, dashed) is shown after the run."
+    "card they are plain to see. The model is a small Qwen2.5-VL trained here from random weights: base skills "
+    "first, then MGPO RL with the answer reward alone. {base} **Compare checkpoints** runs every checkpoint on "
+    "the scene side by side. The card's true place (green, dashed) is shown after the run."
 )
+BASE_TAUGHT_TURN1 = (
+    "Its base was taught to find cards by name and to read close-ups — and also to box the card under MGPO's "
+    "own turn-1 prompt (around other questions about the card), so RL here refines where it looks more than it "
+    "discovers it."
+)
+BASE_NEVER_TURN1 = (
+    "Its base learned boxes only from referring prompts in other wordings (\"Locate the red card …\"), never as "
+    "the target of MGPO's turn-1 prompt, and reading close-ups: where to look under MGPO's prompt is RL's work."
+)
+BASE_UNKNOWN = "What its base was trained on is in the model card below."
 SPLIT_NOTES = {
     "test": "a held-out test scene",
     "val": "a validation scene",
@@ -39,6 +46,17 @@ RELEASE_HELP = (
     "`curves.png` and `summary.json`. Point the app at one with `python app.py --playground DIR` "
     "(or `MGPO_PLAYGROUND`); `--playground off` hides this tab."
 )
+
+
+def base_note(release: Release) -> str:
+    """What the release's base was and was not trained on, read from its model's card."""
+    card = release.model / "README.md"
+    text = card.read_text(errors="replace") if card.is_file() else ""
+    if "MGPO's turn-1 template itself" in text:
+        return BASE_TAUGHT_TURN1
+    if "never a box as the target of MGPO's turn-1 template" in text:
+        return BASE_NEVER_TURN1
+    return BASE_UNKNOWN
 
 
 def _scene_markdown(scene) -> str:
@@ -74,7 +92,7 @@ def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_
     first = split_seeds("test", 1)[0]
     lo, hi = SPLITS["test"]
     skip = gr.skip()
-    gr.Markdown(PLAYGROUND_INTRO, elem_id="pg-intro")
+    gr.Markdown(PLAYGROUND_INTRO.format(base=base_note(release)), elem_id="pg-intro")
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=340):
             with gr.Row():

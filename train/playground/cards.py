@@ -8,6 +8,12 @@ from pathlib import Path
 from .settings import RecipeConfig, vision_frozen
 
 
+NEVER = "Never the task's question, neither → box nor → answer"
+NEVER_MGPO = ", and never a box as the target of MGPO's turn-1 template."
+BUT_MGPO = (" — but MGPO's turn-1 template itself, around other questions about the card (the `ask` and "
+            "`where` wordings), had the card's box as its target.")
+
+
 def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else str(v))
 
@@ -134,9 +140,7 @@ def skills_text(cfg: RecipeConfig) -> str:
     return (f"{vision}a full fine-tune of {tuned} (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
             f"on scenes of the \"skills\" seed range{f' from index {cfg.skill_start:,}' if cfg.skill_start else ''} "
             f"with {_cards(cfg)}: {phases}. Skills: {skills}. "
-            "Never the task's question, neither → box nor → answer"
-            + (", and never a box as the target of MGPO's turn-1 template." if "ask" not in cfg.skill_prompt
-               and "where" not in cfg.skill_prompt else "."))
+            + NEVER + (NEVER_MGPO if "ask" not in cfg.skill_prompt and "where" not in cfg.skill_prompt else BUT_MGPO))
 
 
 def templates_markdown(cfg: RecipeConfig) -> str:

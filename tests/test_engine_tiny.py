@@ -207,7 +207,7 @@ def test_the_growing_kv_cache_holds_what_transformers_dynamic_cache_holds():
     from transformers import DynamicCache, Qwen2_5_VLConfig
     from transformers.cache_utils import DynamicLayer
 
-    from mgpo.generation import _new_cache
+    from mgpo.kvcache import new_cache as _new_cache
 
     config = Qwen2_5_VLConfig(text_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                                num_key_value_heads=1, intermediate_size=64, vocab_size=300))

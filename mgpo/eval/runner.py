@@ -42,13 +42,13 @@ from ..images import ImageError, load_image
 from ..conversation import Sampling
 from .datasets import Benchmark, Item
 from .report import markdown
+from .parallel import PARTS, World, finished as _finished
 from .scoring import extract_letter, score
 
 ITEMS = "items.jsonl"
 RUN = "run.json"
 RESULTS = "results.json"
 REPORT = "results.md"
-PARTS = "parts"               # a multi-process run's rows, one file per process, until merged
 
 ANSWER_RULE = ("letter from the last \\boxed{} (or a choice's text inside it); "
                "fallback: last 'answer is X' phrase, or a bare letter reply")
@@ -425,40 +425,3 @@ def evaluate(engine: Engine, bench: Benchmark, cfg: EvalConfig, progress: bool =
     (out / REPORT).write_text(markdown(results), encoding="utf-8")
     world.barrier()
     return results
-
-
-def _finished(out: Path) -> dict[str, dict]:
-    """Finished rows by id: items.jsonl and every process's part (a multi-process run that stopped)."""
-    done = load_rows(out / ITEMS)
-    for part in sorted((out / PARTS).glob("*.jsonl")):
-        done.update(load_rows(part))
-    return done
-
-
-@dataclass
-class World:
-    """The processes of an ``accelerate launch`` (or torchrun) evaluation: each takes every
-    ``size``-th item still to do, writes its rows to ``parts/rank-R.jsonl`` and the main process
-    merges them. One process (``size`` 1) writes items.jsonl directly."""
-
-    rank: int = 0
-    size: int = 1
-    state: object = None
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def current(cls) -> "World":
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return cls()
-        import torch
-        from accelerate import PartialState
-
-        state = PartialState(cpu=not torch.cuda.is_available())   # gloo on CPU, NCCL with GPUs
-        return cls(state.process_index, state.num_processes, state)
-
-    def barrier(self) -> None:
-        if self.state is not None:
-            self.state.wait_for_everyone()

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import ModelLoadError
+from .model import ModelLoadError, quiet_peft
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -248,7 +248,8 @@ class AdapterStore:
         peft = self.peft
         try:
             if first:   # PeftModel.from_pretrained's two steps, so a failed load can be undone
-                peft = PeftModel(self.engine.backend.model, PeftConfig.from_pretrained(folder), adapter_name=name)
+                with quiet_peft():
+                    peft = PeftModel(self.engine.backend.model, PeftConfig.from_pretrained(folder), adapter_name=name)
             peft.load_adapter(folder, adapter_name=name)
         except Exception as e:
             if first and peft is not None:

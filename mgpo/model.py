@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +135,15 @@ def resolve_adapter(adapter: str, revision: str | None = None) -> str:
     return snapshot_download(adapter, revision=revision, allow_patterns=patterns)
 
 
+@contextlib.contextmanager
+def quiet_peft():
+    """Silence the FutureWarning transformers 5.2x raises each time peft wraps a model (peft reads
+    the deprecated ``is_gradient_checkpointing``): it is peft's, and says nothing to the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def load_adapter(model, adapter: str, adapter_name: str = "default", revision: str | None = None):
     """Wrap ``model`` with a LoRA adapter from a Hub id or a directory (peft). The adapter is
     resolved to local files before peft touches the model, so a failure leaves it unchanged."""
@@ -142,7 +153,8 @@ def load_adapter(model, adapter: str, adapter_name: str = "default", revision: s
         local = resolve_adapter(adapter, revision)
         if not (Path(local) / "adapter_config.json").is_file():
             raise FileNotFoundError("no adapter_config.json")
-        wrapped = PeftModel.from_pretrained(model, local, adapter_name=adapter_name)
+        with quiet_peft():
+            wrapped = PeftModel.from_pretrained(model, local, adapter_name=adapter_name)
     except Exception as e:
         raise ModelLoadError(
             f"Could not load the LoRA adapter '{adapter}': it is not a local directory with "

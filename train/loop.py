@@ -69,7 +69,7 @@ class Trainer:
         from peft import LoraConfig, get_peft_model
 
         from mgpo.generation import QwenBackend
-        from mgpo.model import load_model
+        from mgpo.model import load_model, quiet_peft
 
         self.cfg = cfg.check()
         self.on_step = on_step
@@ -102,7 +102,8 @@ class Trainer:
         self.lora_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                       target_modules=targets, bias="none")
         try:
-            self.model = get_peft_model(base, self.lora_config)
+            with quiet_peft():
+                self.model = get_peft_model(base, self.lora_config)
         except ValueError as e:             # peft: the target regex matched nothing
             reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             raise ConfigError(f"LoRA targets {targets!r} do not fit {cfg.model}: {reason}") from None

@@ -479,6 +479,19 @@ def test_tiny_build_draws_embeddings_with_the_asked_std(tmp_path):
     assert default.get_input_embeddings().weight.std().item() < 0.05
 
 
+def test_a_base_card_saved_mid_run_tells_the_steps_it_ran_not_the_plan():
+    cfg = settings.RecipeConfig(curriculum="cell:500:2e-3 cell,ground:800:5e-4 cell,ground,zoom:400:1e-3")
+    mid = cards.base_card(cfg, [{"step": 599, "loss": 0.6}, {"step": 600, "loss": 0.5}])
+    assert "cell for 500 steps at lr 0.002" in mid and "cell+ground for 100 of 800 planned steps at lr 0.0005" in mid
+    assert "stopped there, after 600 of the 1700 planned steps (1 later phase not run)" in mid
+    assert "cell+ground+zoom" not in mid and "zoom:" not in mid and "| zoom |" not in mid   # never reached
+    assert "| ground | `<image>Locate the {name}" in mid
+    done = cards.base_card(cfg, [{"step": 1700, "loss": 0.4}])
+    assert "cell+ground+zoom for 400 steps at lr 0.001" in done and "stopped there" not in done
+    edge = cards.base_card(cfg, [{"step": 500, "loss": 0.4}])   # saved at a phase's end: the next ones not run
+    assert "cell for 500 steps" in edge and "cell+ground " not in edge and "(2 later phases not run)" in edge
+
+
 def test_a_continued_base_card_keeps_the_story_of_its_start(tmp_path):
     first = settings.RecipeConfig(curriculum="cell:600:2e-3")
     start = tmp_path / "start"

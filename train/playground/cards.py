@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .settings import RecipeConfig, vision_frozen
+from .settings import Phase, RecipeConfig, vision_frozen
 
 
 NEVER = "Never the task's question, neither → box nor → answer"
@@ -114,8 +114,25 @@ def checkpoints_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def skills_text(cfg: RecipeConfig) -> str:
-    """What the base-skills stage trained, in words (the base checkpoint's card and the release's)."""
+def phases_done(cfg: RecipeConfig, steps: int | None = None) -> list[tuple[Phase, int]]:
+    """``(phase, steps it ran)`` for the phases a skills stage stopped after ``steps`` in total
+    reached (all of them in full when ``steps`` is None): what a checkpoint saved mid-run holds."""
+    out, left = [], steps
+    for ph in cfg.phases():
+        if left is None:
+            out.append((ph, ph.steps))
+            continue
+        if left <= 0:
+            break
+        out.append((ph, min(ph.steps, left)))
+        left -= ph.steps
+    return out
+
+
+def skills_text(cfg: RecipeConfig, steps: int | None = None) -> str:
+    """What the base-skills stage trained, in words (the base checkpoint's card and the release's);
+    ``steps``: how many it had run when the checkpoint was saved (a phase cut short says so, the
+    phases not reached are left out and counted)."""
     names = {"ground": "grounding a card *by its colour* (Qwen's `bbox_2d` JSON on the overview; wordings "
                        f"{cfg.skill_prompt!r})",
              "cell": "the board cell a named card sits in",
@@ -128,28 +145,40 @@ def skills_text(cfg: RecipeConfig) -> str:
     vision = (f"{cfg.vision_steps} steps of vision-tower probe pretraining (card colour, row and column per overview "
               f"token, stripe orientation per crop token{', merger output whitened onto the probe directions' if cfg.vision_whiten else ''}), then "
               if cfg.vision_steps else "")
-    skills = "; ".join(f"{k}: {names[k]}" for k in cfg.skill_list() if k in names)
     frozen = vision_frozen(cfg)
-    phases = ", then ".join(f"{'+'.join(ph.skills)} for {ph.steps} steps at lr {ph.lr:g} "
+    done = phases_done(cfg, steps)
+    skills = "; ".join(f"{k}: {names[k]}" for k in trained_skills(cfg, steps) if k in names)
+    phases = ", then ".join(f"{'+'.join(ph.skills)} for {ran if ran == ph.steps else f'{ran} of {ph.steps} planned'} steps "
+                            f"at lr {ph.lr:g} "
                             f"({100 * (cfg.skill_simple if ph.simple is None else ph.simple):.0f} % clutter-free scenes"
                             f"{', the vision tower trained too' if frozen and ph.vision else ''})"
-                            for ph in cfg.phases())
+                            for ph, ran in done)
+    skipped = cfg.phases()[len(done):]
+    if steps is not None and (skipped or (done and done[-1][1] < done[-1][0].steps)):
+        planned = sum(ph.steps for ph in cfg.phases())
+        phases += (f" — stopped there, after {steps} of the {planned} planned steps"
+                   + (f" ({len(skipped)} later phase{'s' if len(skipped) > 1 else ''} not run)" if skipped else ""))
     tuned = ("the whole model, vision tower included" if not frozen else
              "the language model, the vision tower frozen except in the phases that say they trained it too"
-             if any(ph.vision for ph in cfg.phases()) else "the language model, the vision tower frozen")
+             if any(ph.vision for ph, _ in done) else "the language model, the vision tower frozen")
     return (f"{vision}a full fine-tune of {tuned} (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
             f"on scenes of the \"skills\" seed range{f' from index {cfg.skill_start:,}' if cfg.skill_start else ''} "
             f"with {_cards(cfg)}: {phases}. Skills: {skills}. "
             + NEVER + (NEVER_MGPO if "ask" not in cfg.skill_prompt and "where" not in cfg.skill_prompt else BUT_MGPO))
 
 
-def templates_markdown(cfg: RecipeConfig) -> str:
-    """Every prompt template the base-skills stage of ``cfg`` trained with and what it learned,
-    as a Markdown table ({name} = "red card" etc.; ⏎ = a line break)."""
+def trained_skills(cfg: RecipeConfig, steps: int | None = None) -> tuple[str, ...]:
+    """The skills of the phases run within ``steps`` (all of the curriculum's when None)."""
+    return tuple(dict.fromkeys(name for ph, _ in phases_done(cfg, steps) for name in ph.skills))
+
+
+def templates_markdown(cfg: RecipeConfig, steps: int | None = None) -> str:
+    """Every prompt template the base-skills stage of ``cfg`` trained with (within ``steps``) and
+    what it learned, as a Markdown table ({name} = "red card" etc.; ⏎ = a line break)."""
     from mgpo.playground.skill_examples import trained_templates
 
     rows = [f"| {skill} | `{t.replace(chr(10), ' ⏎ ')}` | {target} |"
-            for skill, t, target in trained_templates(cfg.skill_list(), cfg.skill_prompt)]
+            for skill, t, target in trained_templates(trained_skills(cfg, steps), cfg.skill_prompt)]
     return "\n".join(["| skill | prompt template | target |", "|---|---|---|", *rows])
 
 
@@ -176,14 +205,15 @@ def base_card(cfg: RecipeConfig, hist: list[dict]) -> str:
     """The base checkpoint's card; a continued one (``--skills-from``) keeps the story of its start.
     Each run's part ends with its own held-out skill scores (when it evaluated)."""
     last = hist[-1]["loss"] if hist else float("nan")
+    steps = hist[-1].get("step") if hist else None
     evals = [r["eval"] for r in hist if r.get("eval")]
     scores = held_out_text(evals[-1]) if evals else ""
     title = f"# playground base model ({cfg.size} recipe)\n\n"
-    templates = f"\n\nPrompt templates of this run and their targets:\n\n{templates_markdown(cfg)}\n\n"
+    templates = f"\n\nPrompt templates of this run and their targets:\n\n{templates_markdown(cfg, steps)}\n\n"
     if cfg.skills_from:
         before = base_story(Path(cfg.skills_from)) or f"The checkpoint `{cfg.skills_from}` (no card)."
         return (f"{title}{before}\n\nThen continued from that checkpoint (`--skills-from`) by "
-                f"{skills_text(cfg)} Final loss {last:.3f}.{templates}{scores}\n")
+                f"{skills_text(cfg, steps)} Final loss {last:.3f}.{templates}{scores}\n")
     return (f"{title}A random Qwen2.5-VL (text {cfg.hidden}×{cfg.layers}, "
             f"vision {cfg.vision_hidden}×{cfg.vision_depth}, BPE tokenizer of {cfg.vocab_size} entries) after "
-            f"{skills_text(cfg)} Final loss {last:.3f}. Built by `python -m train.playground`.{templates}{scores}\n")
+            f"{skills_text(cfg, steps)} Final loss {last:.3f}. Built by `python -m train.playground`.{templates}{scores}\n")

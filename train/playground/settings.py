@@ -104,7 +104,7 @@ class RecipeConfig:
     skill_start: int = 0              # first scene index in the skills seed range (a continuation reads fresh scenes)
     # RL (train.loop)
     rl_scenes: int = 64               # scenes of the "train" split
-    rl_steps: int = 12                # optimizer steps; LoRA snapshots at 20 % (early), 50 % (middle), the last (late)
+    rl_steps: int = 12                # optimizer steps; LoRA snapshots at 1/8 (early), 1/4, 1/2 (middle), 3/4 and the last (late)
     prompts_per_step: int = 4         # scenes per step
     group_size: int = 8               # samples per scene (GRPO's group)
     rl_lr: float = 1e-3               # LoRA learning rate

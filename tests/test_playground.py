@@ -343,6 +343,11 @@ def test_playground_benchmark_scores_accuracy_and_iou_exactly(tmp_path):
     assert [tuple(r["gt_box"]) for r in rows] == [s.box for s in scenes]
     assert res["protocol"]["variant"].endswith(f"from seed {SPLITS['test'][0]}")
     assert "mean IoU with the hidden box" in (tmp_path / "out" / "results.md").read_text()
+    # accuracy per board slot of the card: where grounding mistakes sit
+    assert [r["meta"]["slot"] for r in rows] == ["row {}, column {}".format(*s.cell()) for s in scenes]
+    slots = res["scores"]["tables"]["slot"]
+    assert sum(t["n"] for t in slots.values()) == 6 and sum(t["correct"] for t in slots.values()) == 3
+    assert all(sum(r["correct"] for r in rows if r["meta"]["slot"] == k) == t["correct"] for k, t in slots.items())
     # the crop the model got is the card itself when the box was right
     crops = [m for _, m in engine.backend.messages if "sub-image" in "".join(c.get("text", "") for c in m["content"])]
     assert crops and all(c["image"].size == (224, 224) for m in crops for c in m["content"] if c["type"] == "image")
@@ -408,7 +413,7 @@ def test_cell_examples_name_the_board_cell_of_each_card():
     for ex, card in zip(examples, scene.layout.cards):
         assert card.colour in ex.prompt and ex.images[0].size == (224, 224)
         row, col = card.box[1] // slot + 1, card.box[0] // slot + 1
-        assert ex.target == f"row {row}, column {col}"
+        assert ex.target == f"row {row}, column {col}" and scene.cell(card) == (row, col)
 
 
 def test_cards_sit_in_distinct_board_slots_and_free_placement_still_works():

@@ -397,7 +397,8 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "tes
         for seed in seeds:
             scene = make_scene(seed)
             yield Item(f"scene-{seed}", scene.question, scene.choices, scene.answer, scene.image,
-                       {"category": scene.target.colour, "seed": seed, "detail": scene.detail},
+                       {"category": scene.target.colour, "seed": seed, "detail": scene.detail,
+                        "slot": "row {}, column {}".format(*scene.cell())},
                        gt_box=scene.box)
 
     return Benchmark("playground", f"{VERSION} {split} scenes from seed {seeds[0]}",

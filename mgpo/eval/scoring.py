@@ -126,6 +126,8 @@ def benchmark_scores(benchmark: str, rows: list[dict]) -> dict:
         tables["category"] = table(rows, lambda r: mme_category(r["meta"]))
     else:
         tables["category"] = table(rows, lambda r: r["meta"].get("category"))
+    if benchmark == "playground":   # the board slot of the card: grounding mistakes sit in a few slots
+        tables["slot"] = table(rows, lambda r: r["meta"].get("slot"))
     out["tables"] = {k: v for k, v in tables.items() if v}
     return out
 

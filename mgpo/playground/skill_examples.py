@@ -43,7 +43,7 @@ from PIL import Image
 
 from .. import geometry
 from ..prompts import LETTERS, format_choices, user_message
-from .world import COLOURS, GRID, LATTICE, N_CARDS, PATTERNS, Budgets, Scene, make_scene, question, split_seeds
+from .world import COLOURS, LATTICE, N_CARDS, PATTERNS, Budgets, Scene, make_scene, question, split_seeds
 
 SKILLS = ("ground", "read", "answer", "cell", "zoom")
 
@@ -287,13 +287,10 @@ def cell_examples(scene: Scene, budgets: Budgets = Budgets(), label_first: bool 
     """One example per card: the board cell it sits in, as "row R, column C" (1-based) — a short
     answer that needs the same look-up as grounding (find the named card, say where it is)
     without a long reply, so a small model learns the look-up first."""
-    size = scene.image.width
-    grid = scene.layout.grid or GRID
     overview = geometry.prepare(scene.image, None, **budgets.engine()).image
     out = []
     for card in scene.layout.cards:
-        x1, y1, x2, y2 = card.box
-        row, col = int((y1 + y2) / 2 * grid // size) + 1, int((x1 + x2) / 2 * grid // size) + 1
+        row, col = scene.cell(card)
         name = f"{card.colour} card"
         out.append(Example("cell", CELL.format(name=name), [overview],
                            f"{name}: row {row}, column {col}" if label_first else f"row {row}, column {col}",

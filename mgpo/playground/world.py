@@ -191,6 +191,12 @@ class Scene:
     def target(self) -> Card:
         return self.layout.cards[self.layout.target]
 
+    def cell(self, card: Card | None = None) -> tuple[int, int]:
+        """(row, column), 1-based, of the board slot the card (default: the target) sits in."""
+        x1, y1, x2, y2 = (card or self.target).box
+        size, grid = self.image.width, self.layout.grid or GRID
+        return int((y1 + y2) / 2 * grid // size) + 1, int((x1 + x2) / 2 * grid // size) + 1
+
 
 def lattice_step(size: int, budgets: Budgets = Budgets()) -> float:
     """Original pixels per lattice step: ``LATTICE`` fed pixels of the overview's model frame."""

@@ -307,10 +307,23 @@ class QwenBackend:
         ``stop_on_box`` stop right after a fenced JSON block with a usable box (turn 1).
 
         A generator: yields ``(row, text_delta)`` while decoding and returns ``{row: Generated}``.
-        Closing it stops decoding at once.
+        Closing it stops decoding at once. Each resumption runs in inference mode on the thread that
+        resumes it: a server may step one stream from several worker threads, and inference mode is
+        per thread (a ``with`` around the whole generator would hold only on the first thread, and
+        leak into the consumer's code between steps).
         """
-        with torch.inference_mode():
-            return (yield from self._generate(convs, rows, sampling, stop_on_box))
+        inner = self._generate(convs, rows, sampling, stop_on_box)
+        try:
+            while True:
+                with torch.inference_mode():
+                    try:
+                        item = next(inner)
+                    except StopIteration as stop:
+                        return stop.value
+                yield item
+        finally:
+            with torch.inference_mode():
+                inner.close()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -55,6 +55,26 @@ def test_event_order_and_streaming_with_the_real_model(tiny_loaded):
     assert events[-1].type == "final" and events[-1].turns == 2
 
 
+def test_a_stream_stepped_from_a_new_thread_each_time_runs_as_on_one(tiny_loaded):
+    # a server (gradio's queue) may resume one streaming run on a different worker thread at every
+    # step; inference mode is per thread, so the KV cache made on the first must still grow on others
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run():
+        return engine_for(tiny_loaded).run(noise_image(1600, 1200), "What is written?", ["a", "b"])
+
+    alone = [(e.type, getattr(e, "text", None)) for e in run()]
+    stream, hopped = run(), []
+    while True:
+        with ThreadPoolExecutor(1) as pool:   # a fresh thread for every step
+            e = pool.submit(next, stream, None).result()
+        if e is None:
+            break
+        hopped.append((e.type, getattr(e, "text", None)))
+    assert hopped == alone and hopped[-1][0] == "final" and any(kind == "crop" for kind, _ in hopped)
+    assert not torch.is_inference_mode_enabled()   # nothing leaks into the consumer's thread
+
+
 def test_two_images_give_the_right_grids_and_pad_counts(tiny_loaded):
     rollout = engine_for(tiny_loaded).rollout([Request(noise_image(1600, 1200), "Where?", ["a", "b"])])[0]
     assert rollout.kinds == ["grounding", "crop"] and rollout.valid_box

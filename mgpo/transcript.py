@@ -68,16 +68,41 @@ def draw_marks(original: Image.Image, marks: list[Mark], side: int = DISPLAY_SID
             _dashed_rectangle(d, (x1, y1, x2, y2), m.colour, width)
         else:
             d.rectangle((x1, y1, x2, y2), outline=m.colour, width=width)
+    placed: list[tuple] = []
     for m in marks:
         x1, y1, x2, y2 = (v * s for v in m.box)
         tx0, ty0, tx1, ty1 = d.textbbox((0, 0), m.label, font=font)
         tw, th = tx1 - tx0 + 2 * width, ty1 - ty0 + 2 * width
-        above, below = y1 - th, y2
-        ly = below if (m.label_below and below + th <= img.height) or above < 0 else above
-        lx = min(max(0, x1), img.width - tw)
-        d.rectangle((lx, ly, lx + tw, ly + th), fill=m.colour)
+        lx, ly = label_spot((x1, y1, x2, y2), (tw, th), img.size, m.label_below, placed)
+        placed.append((lx, ly, lx + tw, ly + th))
+        d.rectangle(placed[-1], fill=m.colour)
         d.text((lx + width - tx0, ly + width - ty0), m.label, font=font, fill=(255, 255, 255))
     return img
+
+
+def label_spot(box, size, image_size, below: bool, placed: list[tuple]) -> tuple[float, float]:
+    """Where a label tab of ``size`` (w, h) goes for ``box`` (display pixels): on the box's top
+    edge, outside (under it with ``below``, or when there is no room above), flush with its left;
+    when that covers a tab already ``placed`` (boxes that coincide), the next free slot along the
+    edge, then the next row further out, so every label stays readable."""
+    (x1, y1, x2, y2), (tw, th), (w, h) = box, size, image_size
+    under = (below and y2 + th <= h) or y1 - th < 0
+    first = None
+    for row in range(4):
+        ly = y2 + row * th if under else y1 - th - row * th
+        if ly < 0 or ly + th > h:
+            break
+        lx = min(max(0, x1), w - tw)
+        while lx + tw <= w:
+            spot = (lx, ly, lx + tw, ly + th)
+            first = first or spot
+            hit = [r for r in placed if r[0] < spot[2] and spot[0] < r[2] and r[1] < spot[3] and spot[1] < r[3]]
+            if not hit:
+                return lx, ly
+            lx = max(r[2] for r in hit) + 1
+    if first is None:       # no row fits inside the image: the top-left corner of the box
+        return min(max(0, x1), max(0, w - tw)), min(max(0, y1), max(0, h - th))
+    return first[0], first[1]   # crowded everywhere: where it would have gone alone
 
 
 def _dashed_rectangle(d: ImageDraw.ImageDraw, box, colour, width: int) -> None:

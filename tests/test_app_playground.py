@@ -146,6 +146,33 @@ def test_draw_boxes_shows_the_truth_dashed_and_the_model_box_in_original_pixels(
     assert not close(plain.getpixel((int(x1 * s) + 1, int(y1 * s) + 1)), TRUTH_COLOUR, 20)
 
 
+def test_labels_of_boxes_that_coincide_do_not_cover_one_another():
+    """Five checkpoints boxing the same card (what Compare shows when RL did not move the box):
+    every label tab is drawn where no other tab lies, each in its checkpoint's colour."""
+    from mgpo.playground.release import checkpoint_colour, draw_compare
+    from mgpo.transcript import label_spot
+
+    placed: list[tuple] = []
+    for k in range(5):
+        lx, ly = label_spot((300, 300, 420, 380), (110, 24), (1024, 1024), bool(k % 2), placed)
+        placed.append((lx, ly, lx + 110, ly + 24))
+    assert all(not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3])
+               for i, a in enumerate(placed) for b in placed[i + 1:])
+    assert placed[0] == (300, 276, 410, 300) and placed[1] == (300, 380, 410, 404)   # alone: as before
+    # a box at the right edge: its second tab goes a row further out, still inside the image
+    first = label_spot((960, 300, 1020, 380), (110, 24), (1024, 1024), False, [])
+    second = label_spot((960, 300, 1020, 380), (110, 24), (1024, 1024), False, [(914, 276, 1024, 300)])
+    assert (first, second) == ((914, 276), (914, 252))
+    scene = make_scene(SEED)
+    names = ["before RL", "early", "middle", "three quarters", "late"]
+    img = draw_compare(scene.image, scene.box, [(n, scene.box) for n in names])
+    s = img.width / scene.image.width
+    x1, y1 = scene.box[0] * s, scene.box[1] * s
+    found = {k for k in range(5) for y in range(int(max(0, y1 - 80)), int(y1)) for x in range(int(x1), int(x1) + 400, 3)
+             if x < img.width and close(img.getpixel((x, y)), checkpoint_colour(k), 8)}
+    assert {0, 2, 4} <= found            # the three tabs above the box all show
+
+
 def test_summary_markdown_puts_each_kind_of_record_in_a_table():
     summary = {"before": {"mgpo": {"accuracy": 0.25, "mean_iou": None}},
                "after": {"mgpo": {"accuracy": 0.75, "mean_iou": 0.5}, "direct": {"accuracy": 0.3, "mean_iou": None}},
@@ -292,7 +319,7 @@ def test_switching_checkpoints_switches_the_adapter(fake_release):
         rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
         assert [r[0] for r in rows[1:]] == ["before RL", "early", "late"]
         assert {r[0]: r[4] for r in rows[1:]} == letters
-        assert all(r[5] in ("✅", "❌") for r in rows[1:])
+        assert all(r[5] in ("✅ right", "❌ wrong") for r in rows[1:]) and rows[0][5] == "right?"
         assert len(gallery) <= 3 and all(c["caption"].split(" (step")[0] in letters for c in gallery)
     finally:
         demo.close()

@@ -207,6 +207,11 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     assert "lr 0.001, with" in cards.release_card(constant, {}, [])       # a constant rate: the card as before
     # an interrupted RL stage resumes from its newest checkpoint (8 of them over a run)
     assert tc.resume and tc.save_every == cfg.rl_steps // 8
+    # LoRA on the language model only, unless --rl-vision puts it on the vision tower's blocks too
+    assert not tc.train_vision and "on the language model, 64 steps" in cards.release_card(cfg, {}, [])
+    seeing = settings.RecipeConfig.for_size("cpu", rl_vision=True)
+    assert rl.rl_config(seeing, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check().train_vision
+    assert "on the language model and the vision tower, 64 steps" in cards.release_card(seeing, {}, [])
     with pytest.raises(ValueError, match="rl_schedule must be"):
         settings.RecipeConfig(rl_schedule="wavy").check()
 
@@ -407,7 +412,7 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     checks that each stage leaves what the next one and the app need — not that it learns."""
     from mgpo.playground.release import Release
 
-    cfg = settings.RecipeConfig.for_size("ci", out=str(tmp_path / "pg"))
+    cfg = settings.RecipeConfig.for_size("ci", out=str(tmp_path / "pg"), rl_vision=True)
     summary = recipe.run(cfg)
     out = tmp_path / "pg"
     assert summary["vision"]["steps"] == 3 and set(summary["vision"]["accuracy"]) >= {"colour", "row", "col", "stripes"}
@@ -437,6 +442,13 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     rel = Release.load(out / "release")
     assert [c.name for c in rel.checkpoints] == names and rel.default == summary["selected"]
     assert (rel.folder / "README.md").read_text().count("| after RL |") == 2
+    # --rl-vision: the adapters that the eval stage loaded carry LoRA on the vision blocks too
+    # (that the reward's gradient reaches them: tests/test_train_exact.py)
+    from safetensors.torch import load_file
+
+    late = rel.checkpoints[-1].adapter
+    assert "visual" in json.loads((late / "adapter_config.json").read_text())["target_modules"]
+    assert any("visual" in k and "lora_B" in k for k in load_file(late / "adapter_model.safetensors"))
     # a second eval stage finds every result written and evaluates nothing again
     stamp = (out / "eval" / "step-0004-test-mgpo" / "results.json").stat().st_mtime
     again = recipe.run(settings.RecipeConfig.for_size("ci", out=str(out), stages="eval"))

@@ -145,3 +145,24 @@ def test_one_update_step_runs_on_the_rollouts(forced):
     assert abs(tr.update(items, rollouts)["ratio_max"] - 1.0) > 1e-4
     tr.cfg.old_logprobs = "recompute"
     assert abs(tr.update(items, rollouts)["ratio_max"] - 1.0) < 1e-4
+
+
+def test_train_vision_puts_lora_on_the_vision_blocks_and_the_update_moves_it(tiny_model_dir, tmp_path):
+    """``train_vision``: the training forward runs the vision tower on the rollouts' pixels with
+    gradients, so the update moves the vision LoRA too (not only the language model's)."""
+    cfg = TrainConfig(model=str(tiny_model_dir), data=write_data(tmp_path / "data", [(300, 260), (420, 200)]),
+                      output_dir=str(tmp_path / "run"), group_size=2, prompts_per_step=2, max_new_tokens=len(BOX) + 4,
+                      min_pixels=112 * 112, max_pixels=224 * 224, tensorboard=False, progress=False, plot=False,
+                      mini_batches=1, kl_coef=0.1, train_vision=True)
+    tr = Trainer(cfg, backend_cls=ForcedBox)
+    named = {n: p for n, p in tr.model.named_parameters() if p.requires_grad}
+    vision = {n for n in named if ".visual." in n}
+    assert vision and vision != set(named) and all("lora_" in n for n in named)
+    torch.manual_seed(0)
+    with torch.no_grad():                  # policy ≠ base model, so the KL term has a gradient everywhere
+        for p in tr.params:
+            p.normal_(0.0, 0.05)
+    items, rollouts, _ = tr.rollout(step=1)
+    before = {n: named[n].detach().clone() for n in vision}
+    assert tr.update(tr.items[:2], rollouts)["kl"] > 0
+    assert sum(not torch.equal(before[n], named[n]) for n in vision) > len(vision) // 2

@@ -206,13 +206,13 @@ def compare_table(scene, runs) -> str:
     """The comparison as a Markdown table: one row per checkpoint, its colour, box, IoU with the
     hidden card and answer."""
     lines = [f"Answer: **{runs[0].verdict.truth if runs else ''}**\n",
-             "| checkpoint | colour | step | box on the card (IoU) | answer | |", "|---|---|---|---|---|---|"]
+             "| checkpoint | colour | step | box on the card (IoU) | answer | right? |", "|---|---|---|---|---|---|"]
     for k, r in enumerate(runs):
         v = r.verdict
         colour = "#%02x%02x%02x" % checkpoint_colour(k)
         box = f"{v.iou:.2f}" if v.box is not None else f"no usable box ({v.no_box_reason})"
         lines.append(f"| {r.name} | <span style='color:{colour}'>■■</span> | {r.step} | {box} | "
-                     f"{v.letter or (r.answer or '—')} | {'✅' if v.right else '❌'} |")
+                     f"{v.letter or (r.answer or '—')} | {'✅ right' if v.right else '❌ wrong'} |")
     return "\n".join(lines)
 
 

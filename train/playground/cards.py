@@ -66,7 +66,7 @@ the question asks which way the stripes on one card run, which is illegible in t
 {_with_scores(story, held) if story else f"{skills_text(cfg)} {held_out_text(held)}{chr(10) * 2}{templates_markdown(cfg)}"}
 
 ### 2. MGPO RL (`adapters/`)
-LoRA r {cfg.lora_r} on the language model, {cfg.rl_steps} steps × {cfg.prompts_per_step} prompts × {cfg.group_size}
+LoRA r {cfg.lora_r} on the language model{' and the vision tower' if cfg.rl_vision else ''}, {cfg.rl_steps} steps × {cfg.prompts_per_step} prompts × {cfg.group_size}
 samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}{'' if cfg.rl_schedule == 'constant' else f', {cfg.rl_schedule} schedule'}, with the project's trainer
 on scenes of the "train" seed range, the paper's prompts and the **binary accuracy reward only**; the
 ground-truth boxes never reach it. Checkpoints kept: {ckpts}.

@@ -48,6 +48,7 @@ def rl_config(cfg: RecipeConfig, base: Path, data: Path, out: Path):
         group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, temperature=cfg.rl_temperature, top_p=1.0,
         max_new_tokens=cfg.max_new_tokens, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"],
         rewards={"accuracy": 1.0}, kl_coef=cfg.kl_coef, lora_r=cfg.lora_r, lora_alpha=cfg.lora_r,
+        train_vision=cfg.rl_vision,
         lr=cfg.rl_lr, lr_schedule=cfg.rl_schedule, steps=cfg.rl_steps, entropy_coef=cfg.entropy_coef,
         seed=cfg.seed, gradient_checkpointing=False, dtype="",
         save_every=max(1, cfg.rl_steps // 8), keep_last=1, resume=True,   # an interrupted RL stage resumes

@@ -110,6 +110,7 @@ class RecipeConfig:
     rl_lr: float = 1e-3               # LoRA learning rate
     rl_schedule: str = "constant"     # constant | cosine (down to 0 at the last step) | linear
     lora_r: int = 64                  # LoRA rank (alpha = rank) on the language model
+    rl_vision: bool = False           # RL's LoRA also on the vision tower's blocks (the reward then shapes the features)
     kl_coef: float = 0.0              # the small model's base is our own SFT; no KL anchor needed
     max_new_tokens: int = MAX_NEW_TOKENS   # per turn: a bbox_2d JSON block is ≈ 80 byte tokens
     rl_temperature: float = 1.0       # rollout temperature (the paper's 1.0)

@@ -23,7 +23,7 @@ def test_every_relative_link_and_picture_resolves():
             checked += 1
     assert checked >= 8
     pictures = [t for t in LINK.findall((ROOT / "README.md").read_text()) if t.endswith((".jpg", ".png"))]
-    assert len(pictures) == 2 and all((ROOT / p).stat().st_size < 300_000 for p in pictures)
+    assert len(pictures) == 3 and all((ROOT / p).stat().st_size < 300_000 for p in pictures)
 
 
 def test_readme_front_matter_makes_a_gradio_space():

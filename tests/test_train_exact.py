@@ -42,14 +42,19 @@ def write_data(folder, sizes) -> str:
     return str(folder / "train.jsonl")
 
 
-@pytest.fixture(scope="module")
-def forced(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("exact")
-    cfg = TrainConfig(model=str(tiny_model_dir), data=write_data(tmp / "data", [(300, 260), (420, 200)]),
+def forced_trainer(model_dir, tmp, **extra) -> Trainer:
+    """A trainer on two noise images whose turn 1 is forced to ``BOX``; one update per step (the
+    checks read an on-policy update's ratio)."""
+    cfg = TrainConfig(model=str(model_dir), data=write_data(tmp / "data", [(300, 260), (420, 200)]),
                       output_dir=str(tmp / "run"), group_size=2, prompts_per_step=2, max_new_tokens=len(BOX) + 4,
                       min_pixels=112 * 112, max_pixels=224 * 224, tensorboard=False, progress=False, plot=False,
-                      mini_batches=1)   # one update per step: the checks below read an on-policy update's ratio
-    tr = Trainer(cfg, backend_cls=ForcedBox)
+                      mini_batches=1, **extra)
+    return Trainer(cfg, backend_cls=ForcedBox)
+
+
+@pytest.fixture(scope="module")
+def forced(tiny_model_dir, tmp_path_factory):
+    tr = forced_trainer(tiny_model_dir, tmp_path_factory.mktemp("exact"))
     torch.manual_seed(0)
     with torch.no_grad():                  # a non-trivial adapter, so policy ≠ base model
         for p in tr.params:
@@ -150,11 +155,7 @@ def test_one_update_step_runs_on_the_rollouts(forced):
 def test_train_vision_puts_lora_on_the_vision_blocks_and_the_update_moves_it(tiny_model_dir, tmp_path):
     """``train_vision``: the training forward runs the vision tower on the rollouts' pixels with
     gradients, so the update moves the vision LoRA too (not only the language model's)."""
-    cfg = TrainConfig(model=str(tiny_model_dir), data=write_data(tmp_path / "data", [(300, 260), (420, 200)]),
-                      output_dir=str(tmp_path / "run"), group_size=2, prompts_per_step=2, max_new_tokens=len(BOX) + 4,
-                      min_pixels=112 * 112, max_pixels=224 * 224, tensorboard=False, progress=False, plot=False,
-                      mini_batches=1, kl_coef=0.1, train_vision=True)
-    tr = Trainer(cfg, backend_cls=ForcedBox)
+    tr = forced_trainer(tiny_model_dir, tmp_path, kl_coef=0.1, train_vision=True)
     named = {n: p for n, p in tr.model.named_parameters() if p.requires_grad}
     vision = {n for n in named if ".visual." in n}
     assert vision and vision != set(named) and all("lora_" in n for n in named)

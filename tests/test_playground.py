@@ -18,8 +18,8 @@ from mgpo.eval.scoring import iou
 from mgpo.parsing import extract_boxed, parse_bbox
 from mgpo.playground import legibility
 from mgpo.playground.skill_examples import SKILLS, GROUND_PROMPTS, scene_examples, skill_examples
-from mgpo.playground.world import (CARD_ALPHA, COLOURS, N_CARDS, PATTERNS, SPLITS, Budgets, main as world_cli, make_scene,
-                                   split_of, render, split_seeds, stripe_ink)
+from mgpo.playground.world import (CARD_ALPHA, COLOURS, N_CARDS, PATTERNS, SPLITS, Budgets, board_slot, main as world_cli,
+                                   make_scene, split_of, render, split_seeds, stripe_ink)
 from mgpo.prompts import LETTERS, get_prompts
 from mgpo.scripted import ScriptedBackend
 
@@ -348,6 +348,24 @@ def test_playground_benchmark_scores_accuracy_and_iou_exactly(tmp_path):
     slots = res["scores"]["tables"]["slot"]
     assert sum(t["n"] for t in slots.values()) == 6 and sum(t["correct"] for t in slots.values()) == 3
     assert all(sum(r["correct"] for r in rows if r["meta"]["slot"] == k) == t["correct"] for k, t in slots.items())
+    # hits per slot, and the slot each miss's box went to instead (its centre's; no box for 3 and 4)
+    name = "row {}, column {}".format
+    assert [board_slot(b, (224, 224)) for b in true_box] == [s.cell() for s in scenes]
+    went = {2: name(*board_slot(shifted(true_box[2]), (224, 224))), 3: "no box", 4: "no box",
+            5: name(*board_slot(_far_box(true_box[5]), (224, 224)))}
+    assert went[5] != rows[5]["meta"]["slot"]
+    expected: dict[str, dict] = {}
+    for k, r in enumerate(rows):
+        e = expected.setdefault(r["meta"]["slot"], {"n": 0, "hits": 0, "missed_to": {}})
+        e["n"] += 1
+        e["hits"] += k in (0, 1)
+        if k in went:
+            e["missed_to"][went[k]] = e["missed_to"].get(went[k], 0) + 1
+    assert g["slots"] == expected
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "| slot | n | hits | misses boxed in |" in report
+    e = expected[rows[5]["meta"]["slot"]]
+    assert f"| {rows[5]['meta']['slot']} | {e['n']} | {e['hits']} | " in report and f"{went[5]} (" in report
     # the crop the model got is the card itself when the box was right
     crops = [m for _, m in engine.backend.messages if "sub-image" in "".join(c.get("text", "") for c in m["content"])]
     assert crops and all(c["image"].size == (224, 224) for m in crops for c in m["content"] if c["type"] == "image")

@@ -64,4 +64,12 @@ def markdown(results: dict) -> str:
     lines += ["Answers read by: " + ", ".join(f"{k} {v}" for k, v in results["answers"].items()), ""]
     for name, t in s.get("tables", {}).items():
         lines += _table(f"by {name}", t)
+    slots = (results.get("grounding") or {}).get("slots")
+    if slots:
+        lines += ["### turn-1 boxes by the target's board slot", "",
+                  "| slot | n | hits | misses boxed in |", "|---|---:|---:|---|"]
+        for name, r in slots.items():
+            where = ", ".join(f"{k} ({v})" for k, v in r["missed_to"].items()) or "–"
+            lines.append(f"| {name} | {r['n']} | {r['hits']} | {where} |")
+        lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"

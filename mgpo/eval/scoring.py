@@ -193,10 +193,39 @@ def grounding_scores(rows: list[dict]) -> dict | None:
     right_hit = sum(bool(r.get("correct")) for r, h in zip(marked, hit) if h)
     right_miss = sum(bool(r.get("correct")) for r, h in zip(marked, hit) if not h)
     hits = sum(hit)
-    return {"n": len(marked), "n_boxed": len(got), "mean_iou": mean(got) if got else None,
-            "mean_iou_all": sum(got) / len(marked), "hits": hits, "hit_rate": hits / len(marked),
-            "accuracy_after_hit": right_hit / hits if hits else None,
-            "accuracy_after_miss": right_miss / (len(marked) - hits) if hits < len(marked) else None}
+    out = {"n": len(marked), "n_boxed": len(got), "mean_iou": mean(got) if got else None,
+           "mean_iou_all": sum(got) / len(marked), "hits": hits, "hit_rate": hits / len(marked),
+           "accuracy_after_hit": right_hit / hits if hits else None,
+           "accuracy_after_miss": right_miss / (len(marked) - hits) if hits < len(marked) else None}
+    slots = slot_grounding(marked, hit)
+    if slots:
+        out["slots"] = slots
+    return out
+
+
+def slot_grounding(rows: list[dict], hit: list[bool]) -> dict[str, dict]:
+    """The playground's board: for each slot the target sat in (``meta.slot``), its items, its
+    hits and, for the others, the slot that held the centre of the first valid box (or ``no
+    box``) — grounding mistakes are a few slots boxed as a neighbour every time. ``{}`` when the
+    rows carry no slot."""
+    from ..playground.world import board_slot
+
+    out: dict[str, dict] = {}
+    for r, h in zip(rows, hit):
+        slot = (r.get("meta") or {}).get("slot")
+        if slot is None:
+            continue
+        entry = out.setdefault(slot, {"n": 0, "hits": 0, "missed_to": {}})
+        entry["n"] += 1
+        if h:
+            entry["hits"] += 1
+            continue
+        box = next((b for b in (r.get("boxes") or []) if b.get("valid")), None)
+        where = "no box" if box is None else "row {}, column {}".format(*board_slot(box["box_model"], box["frame"]))
+        entry["missed_to"][where] = entry["missed_to"].get(where, 0) + 1
+    for entry in out.values():
+        entry["missed_to"] = dict(sorted(entry["missed_to"].items(), key=lambda kv: (-kv[1], kv[0])))
+    return dict(sorted(out.items()))
 
 
 def behaviour(rows: list[dict]) -> dict:

@@ -193,9 +193,18 @@ class Scene:
 
     def cell(self, card: Card | None = None) -> tuple[int, int]:
         """(row, column), 1-based, of the board slot the card (default: the target) sits in."""
-        x1, y1, x2, y2 = (card or self.target).box
-        size, grid = self.image.width, self.layout.grid or GRID
-        return int((y1 + y2) / 2 * grid // size) + 1, int((x1 + x2) / 2 * grid // size) + 1
+        size = self.image.width
+        return board_slot((card or self.target).box, (size, size), self.layout.grid or GRID)
+
+
+def board_slot(box, frame: tuple[int, int], grid: int = GRID) -> tuple[int, int]:
+    """(row, column), 1-based, of the slot of a ``grid`` × ``grid`` board over the whole image
+    that holds the centre of ``box`` (``(x1, y1, x2, y2)`` in a frame of ``(width, height)``)."""
+    x1, y1, x2, y2 = box
+    w, h = frame
+    row = int((y1 + y2) / 2 * grid // h) + 1
+    col = int((x1 + x2) / 2 * grid // w) + 1
+    return min(max(row, 1), grid), min(max(col, 1), grid)
 
 
 def lattice_step(size: int, budgets: Budgets = Budgets()) -> float:

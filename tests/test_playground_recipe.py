@@ -378,6 +378,12 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(0.0 <= r["iou"] <= 1.0 for r in rows)
     assert all(0.0 <= r["hit"] <= r["valid_box"] for r in rows)
+    # every rollout's box and reward, step by step (2 prompts × 2 samples), for the analysis of where it looks
+    samples = [json.loads(line) for line in (out / "rl" / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in samples] == [s for s in (1, 2, 3, 4) for _ in range(4)]
+    assert all(r["id"].startswith("scene-") and r["reward"] in (0.0, 1.0) for r in samples)
+    assert [sum(r["reward"] for r in samples if r["step"] == row["step"]) / 4 for row in rows] == \
+        pytest.approx([row["reward"] for row in rows])
     for when in ("before", "after"):
         for mode in ("direct", "mgpo"):
             assert summary[when][mode]["n"] == 2

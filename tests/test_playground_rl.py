@@ -45,6 +45,7 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     assert "lr 0.001, with" in cards.release_card(constant, {}, [])       # a constant rate: the card as before
     # an interrupted RL stage resumes from its newest checkpoint (8 of them over a run)
     assert tc.resume and tc.save_every == cfg.rl_steps // 8
+    assert tc.log_samples == 1                      # every step's rollouts in samples.jsonl
     # LoRA on the language model only, unless --rl-vision puts it on the vision tower's blocks too
     assert not tc.train_vision and "on the language model, 64 steps" in cards.release_card(cfg, {}, [])
     seeing = settings.RecipeConfig.for_size("cpu", rl_vision=True)

@@ -48,7 +48,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_model_dir, tmp_p
         return TrainConfig(model=str(tiny_model_dir), data=data, output_dir=str(out), steps=4, save_every=2,
                            keep_last=1, group_size=3, prompts_per_step=1, max_new_tokens=4, min_pixels=56 * 56,
                            max_pixels=84 * 84, lr=5e-3, rewards={"test_letters": 1.0}, tensorboard=False,
-                           progress=False, plot=False, **kw)
+                           progress=False, plot=False, log_samples=1, **kw)
 
     seen: dict[int, dict] = {}
     Trainer(cfg(tmp_path / "a"), on_step=lambda s, m: seen.setdefault(s, m)).run()
@@ -74,6 +74,21 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_model_dir, tmp_p
     # the metrics log holds each step once, and only the newest checkpoint is kept
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+    # every rollout of every step in samples.jsonl, each step once after the resume, and the same
+    # rollouts as the uninterrupted run's
+    def samples(run):
+        return [json.loads(line) for line in (tmp_path / run / "samples.jsonl").read_text().splitlines()]
+    a, b = samples("a"), samples("b")
+    assert [r["step"] for r in b] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4] and b == a
+    for step in (1, 2, 3, 4):
+        rows = [r for r in b if r["step"] == step]
+        assert [r["sample"] for r in rows] == [0, 1, 2] and len({r["id"] for r in rows}) == 1
+        assert sum(r["advantage"] for r in rows) == pytest.approx(0, abs=1e-5)      # group-normalised
+        assert seen[step]["reward"] == pytest.approx(sum(r["reward"] for r in rows) / 3)
+        for r in rows:
+            assert r["reward"] == pytest.approx(r["rewards"]["test_letters"])
+            assert len(r["texts"]) == len(r["kinds"]) >= 1 and r["answer"] == "A"
+            assert (r["box_model"] is None) == (r["box_original"] is None)
     assert [s for s, _ in ckpt.checkpoints(tmp_path / "b")] == [4]
     assert (tmp_path / "b" / "adapter" / "adapter_model.safetensors").is_file()
 

@@ -96,6 +96,7 @@ class TrainConfig:
     save_every: int = 50                # checkpoint every N steps (and at the end); 0 = only at the end
     keep_last: int = 3                  # checkpoints kept
     resume: bool = False                # continue from the newest checkpoint in output_dir
+    log_samples: int = 0                # every N steps, each rollout's texts, box and reward in samples.jsonl (0 = never)
     tensorboard: bool = True
     progress: bool = True               # tqdm bar (main process)
     plot: bool = True                   # curves.png at the end

@@ -45,7 +45,7 @@ from .grpo import group_advantages, policy_loss
 from .logprobs import collate, token_logprobs
 from .metrics import MetricsLog, plot
 from .rewards import RewardSpec
-from .rollouts import completion, rollout_metrics
+from .rollouts import completion, rollout_metrics, sample_rows
 
 
 def _log(msg: str) -> None:
@@ -133,6 +133,7 @@ class Trainer:
         self.processor = loaded.processor
         self.step = 0
         self.last_metrics: dict = {}
+        self.step_samples: list[dict] = []    # this step's samples.jsonl rows (cfg.log_samples)
         self.nonfinite_in_a_row = 0           # optimizer updates skipped in a row (NaN/inf gradient norm)
         self.nonfinite_total = 0
         if self.main and cfg.mini_batches == 1:
@@ -256,6 +257,8 @@ class Trainer:
         scored = [self.rewards.score(c, items[r.request].answer) for c, r in zip(comps, rollouts)]
         rewards = torch.tensor([s[0] for s in scored], dtype=torch.float32)
         adv = group_advantages(rewards, G, cfg.adv_eps, cfg.scale_advantages)
+        if cfg.log_samples and step % cfg.log_samples == 0:
+            self.step_samples = sample_rows(items, rollouts, scored, adv)
         pad_id = getattr(self.backend, "pad_id", 0)
         image_id = self.core.config.image_token_id
 
@@ -448,6 +451,9 @@ class Trainer:
                 self.step, self.last_metrics = step, metrics
                 if log is not None:
                     log.log(step, metrics)
+                    if self.step_samples:
+                        log.samples(step, self.step_samples)
+                self.step_samples = []
                 if bar is not None:
                     bar.update(1)
                     extra = {"skipped": self.nonfinite_total} if self.nonfinite_total else {}

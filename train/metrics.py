@@ -25,12 +25,14 @@ class MetricsLog:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in keep))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
+        self.samples_path = self.dir / "samples.jsonl"
+        for path in (self.path, self.samples_path):
+            if resume_step is not None and path.exists():   # the steps after the checkpoint run again
+                keep = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                path.write_text("".join(line + "\n" for line in keep))
+            elif resume_step is None and path.exists():
+                path.unlink()
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -46,6 +48,12 @@ class MetricsLog:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     self.tb.add_scalar(f"train/{k}", v, step)
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        """One JSON line per rollout of ``step`` (:func:`train.rollouts.sample_rows`)."""
+        with self.samples_path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **row}) + "\n")
 
     def close(self) -> None:
         if self.tb is not None:

@@ -257,7 +257,7 @@ class Trainer:
         scored = [self.rewards.score(c, items[r.request].answer) for c, r in zip(comps, rollouts)]
         rewards = torch.tensor([s[0] for s in scored], dtype=torch.float32)
         adv = group_advantages(rewards, G, cfg.adv_eps, cfg.scale_advantages)
-        if cfg.log_samples and step % cfg.log_samples == 0:
+        if cfg.log_samples and self.main and step % cfg.log_samples == 0:   # only the main process writes them
             self.step_samples = sample_rows(items, rollouts, scored, adv)
         pad_id = getattr(self.backend, "pad_id", 0)
         image_id = self.core.config.image_token_id

@@ -382,7 +382,7 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "tes
     version and the first seed, so a resumed run must ask for the same scenes (a larger limit
     extends it).
     """
-    from ..playground.world import VERSION, make_scene, split_seeds
+    from ..playground.world import VERSION, make_scene, slot_label, split_seeds
 
     if n < 1:
         raise DataError("playground: ask for at least one scene")
@@ -398,7 +398,7 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "tes
             scene = make_scene(seed)
             yield Item(f"scene-{seed}", scene.question, scene.choices, scene.answer, scene.image,
                        {"category": scene.target.colour, "seed": seed, "detail": scene.detail,
-                        "slot": "row {}, column {}".format(*scene.cell())},
+                        "slot": slot_label(*scene.cell())},
                        gt_box=scene.box)
 
     return Benchmark("playground", f"{VERSION} {split} scenes from seed {seeds[0]}",

@@ -208,7 +208,7 @@ def slot_grounding(rows: list[dict], hit: list[bool]) -> dict[str, dict]:
     hits and, for the others, the slot that held the centre of the first valid box (or ``no
     box``) — grounding mistakes are a few slots boxed as a neighbour every time. ``{}`` when the
     rows carry no slot."""
-    from ..playground.world import board_slot
+    from ..playground.world import board_slot, slot_label
 
     out: dict[str, dict] = {}
     for r, h in zip(rows, hit):
@@ -221,7 +221,7 @@ def slot_grounding(rows: list[dict], hit: list[bool]) -> dict[str, dict]:
             entry["hits"] += 1
             continue
         box = next((b for b in (r.get("boxes") or []) if b.get("valid")), None)
-        where = "no box" if box is None else "row {}, column {}".format(*board_slot(box["box_model"], box["frame"]))
+        where = "no box" if box is None else slot_label(*board_slot(box["box_model"], box["frame"]))
         entry["missed_to"][where] = entry["missed_to"].get(where, 0) + 1
     for entry in out.values():
         entry["missed_to"] = dict(sorted(entry["missed_to"].items(), key=lambda kv: (-kv[1], kv[0])))

@@ -207,6 +207,11 @@ def board_slot(box, frame: tuple[int, int], grid: int = GRID) -> tuple[int, int]
     return min(max(row, 1), grid), min(max(col, 1), grid)
 
 
+def slot_label(row: int, col: int) -> str:
+    """How reports name a board slot (the eval items' ``meta.slot``)."""
+    return f"row {row}, column {col}"
+
+
 def lattice_step(size: int, budgets: Budgets = Budgets()) -> float:
     """Original pixels per lattice step: ``LATTICE`` fed pixels of the overview's model frame."""
     frame = geometry.model_frame((size, size), budgets.crop_min_pixels, budgets.overview_max_pixels)

@@ -74,18 +74,24 @@ class PlaygroundModel:
     playground's pixel budgets, and every RL checkpoint's LoRA adapter on it (all held), switched
     per run through a :class:`Runner`."""
 
-    SETTINGS = Settings(max_turns=2, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS, **Budgets().engine())
     POLICY = AdapterPolicy(max_loaded=None)   # the release's own checkpoints, all held
 
     def __init__(self, release: Release, engine: Engine | None = None, gpu=None):
         self.release = release                  # ``engine``: a prepared one (tests); else loaded on first use
+        # greedy, two turns, in the pixel budgets of the world the release was trained in
+        self.settings = Settings(max_turns=2, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS,
+                                 **release.budgets().engine())
         self.gpu = gpu
         self._runner = Runner(engine, policy=self.POLICY, gpu=gpu) if engine is not None else None
         self._lock = threading.Lock()
 
-    @classmethod
-    def config(cls) -> EngineConfig:
-        return EngineConfig(max_turns=cls.SETTINGS.max_turns, **cls.SETTINGS.overrides())
+    def config(self) -> EngineConfig:
+        return EngineConfig(max_turns=self.settings.max_turns, **self.settings.overrides())
+
+    def scene(self, seed: int):
+        """The playground scene of ``seed`` in the release's world (cached: a page shows and then
+        runs the same one)."""
+        return scene(seed, self.release.overview)
 
     @property
     def runner(self) -> Runner:
@@ -120,7 +126,7 @@ class PlaygroundModel:
         """``(run, event)`` of an MGPO run on ``scene`` with the checkpoint named ``checkpoint``;
         loading the model or the adapter happens on the first ``next`` (and may raise there)."""
         adapter = self.release.checkpoint(checkpoint).adapter
-        yield from self.runner.events(scene.image, scene.question, scene.choices, self.SETTINGS, False,
+        yield from self.runner.events(scene.image, scene.question, scene.choices, self.settings, False,
                                       str(adapter) if adapter else None)
 
 
@@ -141,9 +147,9 @@ def load_playground(folder: str | None, default: str | Path | None = None) -> Re
 
 
 @lru_cache(maxsize=4)
-def scene(seed: int):
-    """The playground scene of ``seed`` (cached: a page shows and then runs the same one)."""
-    return make_scene(seed)
+def scene(seed: int, overview: int = 224):
+    """The playground scene of ``seed`` in the world drawn for an ``overview``² first turn (cached)."""
+    return make_scene(seed, budgets=Budgets.for_overview(overview))
 
 
 def parse_seed(value) -> int:

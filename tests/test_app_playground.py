@@ -111,8 +111,9 @@ def test_write_index_stores_relative_adapter_paths_atomically(tmp_path):
     adapter = folder / "adapters" / "a"
     write_index(folder, [Checkpoint("before RL", 0, None), Checkpoint("rl", 5, adapter)], default="rl")
     index = json.loads((folder / "checkpoints.json").read_text())
-    assert index == {"default": "rl", "checkpoints": [{"name": "before RL", "step": 0, "adapter": None},
-                                                      {"name": "rl", "step": 5, "adapter": "adapters/a"}]}
+    assert index == {"default": "rl", "overview": 224,
+                     "checkpoints": [{"name": "before RL", "step": 0, "adapter": None},
+                                     {"name": "rl", "step": 5, "adapter": "adapters/a"}]}
     assert Release.load(folder).checkpoint("rl").adapter == adapter
     write_index(folder, [Checkpoint("rl", 5, Path("adapters/a"))], default="rl")   # relative to the folder
     assert json.loads((folder / "checkpoints.json").read_text())["checkpoints"][0]["adapter"] == "adapters/a"

@@ -11,15 +11,14 @@ from mgpo.playground.release import Release, ReleaseError, checkpoint_colour, dr
 from mgpo.playground.world import SPLITS, split_of, split_seeds
 from mgpo.prompts import LETTERS
 from mgpo.service import PlaygroundModel, parse_seed, verdict
-from mgpo.service import scene as make_playground_scene
 from mgpo.transcript import Transcript
 
 from .common import follow, warn
 
 PLAYGROUND_INTRO = (
-    "A generated world where the answer needs the zoom: each 2048×2048 scene hides one small coloured card in "
+    "A generated world where the answer needs the zoom: each {scene}×{scene} scene hides one small coloured card in "
     "clutter, and the question asks which way the fine stripes on its label run. In turn 1 the model sees a "
-    "224×224 overview: the card is easy to find, but its stripes blur to a flat grey square; in the crop of the "
+    "{overview}×{overview} overview: the card is easy to find, but its stripes blur to a flat grey square; in the crop of the "
     "card they are plain to see. The model is a small Qwen2.5-VL trained here from random weights: base skills "
     "first, then MGPO RL with the answer reward alone. {base} **Compare checkpoints** runs every checkpoint on "
     "the scene side by side. The card's true place (green, dashed) is shown after the run."
@@ -92,14 +91,15 @@ def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_
     first = split_seeds("test", 1)[0]
     lo, hi = SPLITS["test"]
     skip = gr.skip()
-    gr.Markdown(PLAYGROUND_INTRO.format(base=base_note(release)), elem_id="pg-intro")
+    gr.Markdown(PLAYGROUND_INTRO.format(base=base_note(release), scene=release.budgets().scene,
+                                        overview=release.overview), elem_id="pg-intro")
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=340):
             with gr.Row():
                 seed = gr.Number(first, label="Scene seed", precision=0, elem_id="pg-seed",
                                  info=f"test scenes {lo:,}–{hi - 1:,}; Enter shows one")
                 new_btn = gr.Button("New scene", elem_id="pg-new", scale=0, min_width=140)
-            scene_md = gr.Markdown(_scene_markdown(make_playground_scene(first)), elem_id="pg-scene")
+            scene_md = gr.Markdown(_scene_markdown(pg.scene(first)), elem_id="pg-scene")
             checkpoint = gr.Radio([(f"{c.name} (step {c.step})", c.name) for c in release.checkpoints],
                                   value=release.default, label="Checkpoint", elem_id="pg-checkpoint",
                                   info="step 0 = the base-skills model; later steps add MGPO RL's LoRA adapter")
@@ -113,7 +113,7 @@ def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_
             result = gr.Markdown("", elem_id="pg-result")
         with gr.Column(scale=6, min_width=420):
             with gr.Row(equal_height=True):
-                boxes = gr.Image(draw_boxes(make_playground_scene(first).image, None, None), interactive=False, height=380,
+                boxes = gr.Image(draw_boxes(pg.scene(first).image, None, None), interactive=False, height=380,
                                  label="Boxes: model (orange), truth (green)",
                                  format="jpeg", elem_id="pg-boxes", buttons=["fullscreen"])
                 crops = gr.Gallery(label="Crop, as fed to the model", columns=1, height=380, object_fit="contain",
@@ -137,14 +137,14 @@ def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_
 
     def show(seed_value):
         try:
-            scene = make_playground_scene(parse_seed(seed_value))
+            scene = pg.scene(parse_seed(seed_value))
         except ValueError as e:
             return (warn(str(e)),) + (skip,) * 6
         return ("Press **Run**.", _scene_markdown(scene), [], draw_boxes(scene.image, None, None), [], "", "")
 
     def run(seed_value, name):
         try:
-            scene = make_playground_scene(parse_seed(seed_value))
+            scene = pg.scene(parse_seed(seed_value))
             ckpt = release.checkpoint(name or release.default)
         except ValueError as e:
             yield (warn(str(e)),) + (skip,) * 6
@@ -172,7 +172,7 @@ def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_
 
     def compare(seed_value):
         try:
-            scene = make_playground_scene(parse_seed(seed_value))
+            scene = pg.scene(parse_seed(seed_value))
         except ValueError as e:
             yield warn(str(e)), skip, skip, skip
             return

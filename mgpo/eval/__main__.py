@@ -21,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .. import geometry
+from ..playground.world import OVERVIEWS
 from ..engine import DEFAULT_MODEL, EngineConfig
 from .datasets import BENCHMARKS, DataError, open_benchmark
 from ..server import ServerError, add_arguments as add_server_arguments, served_name, server_kwargs
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: direct_attributes,relative_position, the official 191 items)")
     p.add_argument("--split", default=d.split, choices=("test", "val"),
                    help="playground: score TEST scenes (default) or VAL scenes (for choosing a checkpoint)")
+    p.add_argument("--overview", type=int, default=None, choices=OVERVIEWS,
+                   help="playground: the overview side its scenes are drawn for (default: the release's, else 224)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--min-pixels", type=int, default=None,
                    help=f"default {geometry.MIN_PIXELS:,} (the paper's); playground: its crop floor")
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark == "playground":
         from ..playground.world import Budgets
 
-        budgets = Budgets().engine()
+        budgets = Budgets.for_overview(args.overview or OVERVIEWS[0]).engine()
         args.min_pixels = budgets["min_pixels"] if args.min_pixels is None else args.min_pixels
         args.max_pixels = budgets["max_pixels"] if args.max_pixels is None else args.max_pixels
     args.min_pixels = geometry.MIN_PIXELS if args.min_pixels is None else args.min_pixels
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg.check()
         bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root, seed=cfg.engine.seed, limit=cfg.limit,
-                               categories=cfg.categories, split=cfg.split)
+                               categories=cfg.categories, split=cfg.split, overview=cfg.overview)
         for note in bench.notes:
             print(f"note: {note}", file=sys.stderr)
         out = Path(cfg.out).expanduser()

@@ -72,11 +72,11 @@ class Benchmark:
 
 def open_benchmark(name: str, path: str | Path | None = None, image_root: str | Path | None = None, *,
                    seed: int | None = None, limit: int | None = None, categories: str | None = None,
-                   split: str = "test") -> Benchmark:
+                   split: str = "test", overview: int | None = None) -> Benchmark:
     """Recognise the format of ``path`` for benchmark ``name`` and return its item stream.
 
-    ``seed``, ``limit`` and ``split`` are read by ``playground`` only (first scene index, scene
-    count, seed split: test or val);
+    ``seed``, ``limit``, ``split`` and ``overview`` are read by ``playground`` only (first scene
+    index, scene count, seed split: test or val, the overview side its world is drawn for);
     ``categories`` by ``vstar`` only (comma-separated; ``all``; default: the official two).
     """
     if name not in BENCHMARKS:
@@ -85,7 +85,7 @@ def open_benchmark(name: str, path: str | Path | None = None, image_root: str | 
         if path:
             raise DataError("the playground benchmark generates its scenes; do not pass --data "
                             "(choose them with --seed S --limit N)")
-        return open_playground(seed or 0, limit or PLAYGROUND_ITEMS, split)
+        return open_playground(seed or 0, limit or PLAYGROUND_ITEMS, split, overview)
     if not path:
         raise DataError(f"benchmark {name!r} needs --data (its folder or file)")
     path = Path(path).expanduser()
@@ -374,15 +374,17 @@ def read_mme_tsv(path: Path) -> Iterator[Item]:
 
 # ----- playground -------------------------------------------------------------------------------
 
-def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "test") -> Benchmark:
+def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "test",
+                    overview: int | None = None) -> Benchmark:
     """``n`` scenes from the playground's TEST seed range (or VAL, to choose a checkpoint without
-    looking at test), from its ``start``-th seed on.
+    looking at test), from its ``start``-th seed on, in the world drawn for an ``overview``² first
+    turn (224 by default; see ``Budgets.for_overview``).
 
     Scenes are generated when their item is read (~0.1 s each); the variant names the world's
-    version and the first seed, so a resumed run must ask for the same scenes (a larger limit
-    extends it).
+    version, the first seed and a geometry other than the default, so a resumed run must ask for
+    the same scenes (a larger limit extends it).
     """
-    from ..playground.world import VERSION, make_scene, slot_label, split_seeds
+    from ..playground.world import OVERVIEWS, VERSION, Budgets, make_scene, slot_label, split_seeds
 
     if n < 1:
         raise DataError("playground: ask for at least one scene")
@@ -390,18 +392,20 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "tes
         if split not in ("test", "val"):
             raise ValueError(f"split {split!r}: evaluate on test or val scenes only")
         seeds = split_seeds(split, n, start)
+        budgets = Budgets.for_overview(overview or OVERVIEWS[0])
     except ValueError as e:
         raise DataError(f"playground: {e}") from None
+    drawn = "" if budgets == Budgets() else f", {budgets.scene}² scenes for a {budgets.overview}² overview"
 
     def items() -> Iterator[Item]:
         for seed in seeds:
-            scene = make_scene(seed)
+            scene = make_scene(seed, budgets=budgets)
             yield Item(f"scene-{seed}", scene.question, scene.choices, scene.answer, scene.image,
                        {"category": scene.target.colour, "seed": seed, "detail": scene.detail,
                         "slot": slot_label(*scene.cell())},
                        gt_box=scene.box)
 
-    return Benchmark("playground", f"{VERSION} {split} scenes from seed {seeds[0]}",
+    return Benchmark("playground", f"{VERSION} {split} scenes from seed {seeds[0]}{drawn}",
                      Path("playground"), items, len(seeds))
 
 

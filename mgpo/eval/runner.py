@@ -79,6 +79,8 @@ class EvalConfig:
     categories: str | None = None             # vstar: subfolders to score, comma-separated, or "all"
                                               # (default: direct_attributes,relative_position — the official 191)
     split: str = "test"                       # playground: the seed split its scenes come from (test | val)
+    overview: int | None = None               # playground: the overview side its world is drawn for (224 | 280;
+                                              # None: a release's own, else 224)
     # the engine's settings (turns, pixel limits, box rule, prompts, decoding): greedy by default
     engine: EngineConfig = field(default_factory=EngineConfig)
 

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .. import geometry
-from .world import Budgets, Scene, lattice_step, make_scene, split_seeds, with_detail
+from .world import OVERVIEWS, Budgets, Scene, lattice_step, make_scene, split_seeds, with_detail
 
 
 @dataclass(frozen=True)
@@ -143,13 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--start", type=int, default=0)
+    p.add_argument("--overview", type=int, default=OVERVIEWS[0], choices=OVERVIEWS,
+                   help="the overview side the world is drawn for (its scenes grow with it)")
     args = p.parse_args(argv)
     try:
         seeds = split_seeds(args.split, args.n, args.start)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res = summary(seeds)
+    res = summary(seeds, Budgets.for_overview(args.overview))
     for name, r in res.items():
         print(f"{name:8s}: template reader right on {100 * r['match_rate']:.0f}% of {len(seeds)} scenes "
               f"(chance 25%); candidate separation median {r['median_separation']:.1f} grey levels "

@@ -6,9 +6,11 @@ Pure (json, PIL): no torch, no gradio. The layout::
       README.md          model card
       model/             the base-skills model ("before RL"): a Qwen2.5-VL checkpoint + processor
       adapters/<name>/   one peft LoRA adapter per RL checkpoint (adapters/step-0010, ...)
-      checkpoints.json   {"default": "late", "checkpoints": [
+      checkpoints.json   {"default": "late", "overview": 224, "checkpoints": [
                             {"name": "before RL", "step": 0, "adapter": null},
                             {"name": "early", "step": 10, "adapter": "adapters/step-0010"}, ...]}
+                         ("overview": the world's geometry the release was trained in, 224 or 280;
+                         224 when absent — see ``world.Budgets.for_overview``)
       metrics.jsonl      one JSON object per RL step: {"step", "reward", "valid_box", ...}, maybe "iou"
       curves.png         the training curves (optional)
       summary.json       eval numbers (optional, any JSON object)
@@ -59,6 +61,13 @@ class Release:
     curves: Path | None              # curves.png
     metrics: Path | None             # metrics.jsonl
     summary: dict | None             # summary.json
+    overview: int = 224              # the overview side of the world it was trained in (Budgets.for_overview)
+
+    def budgets(self):
+        """The world's geometry this release sees: its scenes' side and pixel budgets."""
+        from .world import Budgets
+
+        return Budgets.for_overview(self.overview)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Release":
@@ -81,12 +90,18 @@ class Release:
         if default not in names:
             raise ReleaseError(f"{folder / INDEX}: the default checkpoint {default!r} is not one of "
                                f"{', '.join(map(repr, names))}")
+        overview = index.get("overview", 224)
+        from .world import OVERVIEWS
+
+        if overview not in OVERVIEWS or isinstance(overview, bool):
+            raise ReleaseError(f"{folder / INDEX}: \"overview\" must be one of {', '.join(map(str, OVERVIEWS))} "
+                               f"(the world's geometry the release was trained in), not {overview!r}")
         summary = _read_json(folder / "summary.json", required=False)
         if summary is not None and not isinstance(summary, dict):
             raise ReleaseError(f"{folder / 'summary.json'} must hold a JSON object")
         curves, metrics = folder / "curves.png", folder / "metrics.jsonl"
         return cls(folder, model, checkpoints, default, curves if curves.is_file() else None,
-                   metrics if metrics.is_file() else None, summary)
+                   metrics if metrics.is_file() else None, summary, overview)
 
     def checkpoint(self, name: str) -> Checkpoint:
         for c in self.checkpoints:
@@ -126,23 +141,24 @@ def resolve(path: str | Path, checkpoint: str | None = None) -> tuple[str, str |
     """``(model dir, adapter dir or None, {"min_pixels", "max_pixels"})`` to run a release's
     ``checkpoint`` (its default when None) the way it was trained — what ``--model RELEASE``
     means to the CLI and the evaluator. Raises :class:`ReleaseError`."""
-    from .world import Budgets
-
     release = Release.load(path)
     chosen = release.checkpoint(checkpoint or release.default)
-    return str(release.model), str(chosen.adapter) if chosen.adapter else None, Budgets().engine()
+    return str(release.model), str(chosen.adapter) if chosen.adapter else None, release.budgets().engine()
 
 
 def apply_to_args(args) -> None:
     """Read ``--model RELEASE [--checkpoint NAME]`` for a command line (the CLI, the evaluator):
     when ``args.model`` is a release folder, set the model, the checkpoint's adapter (unless
     ``--adapter`` was given) and the release's pixel budgets (where ``--min/--max-pixels`` were
-    not). Raises :class:`ReleaseError` for a broken release or an unknown checkpoint, and a plain
-    ValueError for ``--checkpoint`` without a release."""
+    not) and, where the command has ``--overview`` and it was not given, the world's geometry the
+    release was trained in. Raises :class:`ReleaseError` for a broken release or an unknown
+    checkpoint, and a plain ValueError for ``--checkpoint`` without a release."""
     if not is_release(args.model):
         if args.checkpoint:
             raise ValueError("--checkpoint needs --model to be a playground release folder (with checkpoints.json)")
         return
+    if getattr(args, "overview", 0) is None:
+        args.overview = Release.load(args.model).overview
     args.model, adapter, budgets = resolve(args.model, args.checkpoint)
     args.adapter = args.adapter or adapter
     args.min_pixels = budgets["min_pixels"] if args.min_pixels is None else args.min_pixels
@@ -178,9 +194,9 @@ def _checkpoint(folder: Path, k: int, entry) -> Checkpoint:
     return Checkpoint(entry["name"], step, path)
 
 
-def write_index(folder: str | Path, checkpoints: list[Checkpoint], default: str) -> Path:
+def write_index(folder: str | Path, checkpoints: list[Checkpoint], default: str, overview: int = 224) -> Path:
     """Write ``folder/checkpoints.json`` atomically (the adapters must be in place: their paths
-    are checked and stored relative to ``folder``)."""
+    are checked and stored relative to ``folder``); ``overview``: the world's geometry it was trained in."""
     folder = Path(folder)
     names = [c.name for c in checkpoints]
     if not checkpoints or len(set(names)) != len(names):
@@ -193,7 +209,7 @@ def write_index(folder: str | Path, checkpoints: list[Checkpoint], default: str)
     fd, tmp = tempfile.mkstemp(prefix=".checkpoints.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump({"default": default, "checkpoints": entries}, f, indent=1)
+            json.dump({"default": default, "overview": overview, "checkpoints": entries}, f, indent=1)
             f.write("\n")
         os.replace(tmp, folder / INDEX)
     except BaseException:

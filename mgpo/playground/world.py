@@ -41,6 +41,13 @@ model frame is exactly ``[14i, 14j, 14i+42, 14j+42]``: a valid box (> 28 per sid
 board ``i, j`` are multiples of 4, and a crop of exactly the card puts the label at the centre
 of the crop.
 
+Two geometries (:meth:`Budgets.for_overview`): the default 224² overview of 2048² scenes, whose
+4×4 board slots start at coordinates 0, 56, 112 and 168 — rows and columns 3 and 4 share the first
+digit, one token of a box written digit by digit — and a 280² overview (100 visual tokens) of 2560²
+scenes, whose slots start at 0, 70, 140 and 210. Things are drawn to the overview's scale
+(``Layout.scale``), so cards, stripes and clutter look the same in both; only the board is larger.
+The seed RNG includes the scene's side, so the two are different scenes of the same world.
+
 Splits are disjoint seed ranges (:func:`split_seeds`); the ground-truth box is for analysis only.
 """
 
@@ -67,7 +74,7 @@ LATTICE = 14                     # fed overview pixels per lattice step (half a 
 CARD_STEPS = 3                   # a card spans 3×3 lattice steps (42 fed px; valid boxes need > 28)
 LABEL_FRACTION = 0.5             # label side / card side (0.25: the stripes under 4 of a crop's 64 tokens, too few to learn to read)
 PATTERNS = ("horizontal", "vertical", "rising diagonal", "falling diagonal")   # the detail; choices A–D
-PERIOD = 8                       # stripe period across the stripes, original px at 2048 (scaled)
+PERIOD = 8                       # stripe period across the stripes, original px at 2048 for 224 (scaled)
 MARGIN = 0.12                    # unstriped paper around the stripes, a fraction of the label side
 DECOY = (5, 7)                   # decoy dot patterns in the clutter: columns × rows of dots
 DECOY_DOT = 2                    # original px per decoy dot at 2048
@@ -117,12 +124,34 @@ def split_of(seed: int) -> str | None:
     return next((name for name, (lo, hi) in SPLITS.items() if lo <= seed < hi), None)
 
 
+OVERVIEWS = (224, 280)   # overview sides the world is drawn for (see Budgets.for_overview)
+
+
 @dataclass(frozen=True)
 class Budgets:
-    """Pixel budgets of the playground; pass :meth:`engine` to ``EngineConfig``/``Engine.run``."""
+    """The world's geometry: the scenes' side and the pixel budgets of the model's two views;
+    pass :meth:`engine` to ``EngineConfig``/``Engine.run``. The default is the 224² overview of
+    2048² scenes; :meth:`for_overview` gives the others."""
 
     overview_max_pixels: int = 224 * 224   # turn-1 overview: 2048² → 224×224 = 64 visual tokens
     crop_min_pixels: int = 112 * 112       # crops under this are enlarged to it (≥ 16 tokens)
+    scene: int = DEFAULT_SIZE              # the scenes' side, original pixels
+
+    @classmethod
+    def for_overview(cls, side: int) -> "Budgets":
+        """The world seen through a ``side``×``side`` overview. The scene grows with it (2048 at
+        224, 2560 at 280), so a card, a lattice step and the stripes look the same in every
+        overview and crop; only the board's coordinates change. At 280 the 4×4 board's slots
+        start at 0, 70, 140 and 210 — four different first digits, where 224's 0, 56, 112 and 168
+        give rows and columns 3 and 4 the same first token ``1``."""
+        if side not in OVERVIEWS:
+            raise ValueError(f"overview {side!r}: the world is drawn for {' or '.join(map(str, OVERVIEWS))}")
+        return cls(overview_max_pixels=side * side, scene=side * DEFAULT_SIZE // OVERVIEWS[0])
+
+    @property
+    def overview(self) -> int:
+        """The overview's side (the model frame of a square scene)."""
+        return math.isqrt(self.overview_max_pixels)
 
     def engine(self) -> dict:
         """``{"min_pixels", "max_pixels"}`` for the engine (one pair serves overview and crop)."""
@@ -171,6 +200,7 @@ class Layout:
     choices: tuple[str, ...]         # the four orientations in letter order (PATTERNS)
     answer: str                      # the right letter
     grid: int = 0                    # board slots per side (0: cards anywhere on the lattice)
+    scale: float = 1.0               # the size of things (stripes, stains, clutter shapes) against the default world's
 
 
 @dataclass
@@ -230,15 +260,21 @@ def _muted(rng: random.Random) -> tuple[int, int, int]:
     return tuple(int(255 * c) for c in rgb)  # type: ignore[return-value]
 
 
-def make_layout(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(), clutter: float = 1.0,
+def make_layout(seed: int, size: int | None = None, budgets: Budgets = Budgets(), clutter: float = 1.0,
                 n_cards: tuple[int, int] = N_CARDS, grid: int = GRID) -> Layout:
-    """All random choices of scene ``seed`` (deterministic: ``random.Random`` on a string seed)."""
+    """All random choices of scene ``seed`` (deterministic: ``random.Random`` on a string seed);
+    ``size`` defaults to the geometry's (``budgets.scene``)."""
+    size = budgets.scene if size is None else size
     if not isinstance(size, int) or size < 1024:
         raise ValueError(f"scene size must be an integer ≥ 1024 (got {size!r}); the default is {DEFAULT_SIZE}")
     if not 1 <= n_cards[0] <= n_cards[1] <= len(COLOURS):
         raise ValueError(f"n_cards must be (lo, hi) with 1 ≤ lo ≤ hi ≤ {len(COLOURS)}")
     rng = random.Random(f"{VERSION}:{seed}:{size}")
-    scale = size / DEFAULT_SIZE
+    # things are drawn to the overview's scale (original px per fed px), so a 2560² scene for a 280²
+    # overview shows the same cards, stripes and clutter as a 2048² one for 224² — only more of the
+    # board's background and clutter (``grow``: clutter keeps its density)
+    scale = size * OVERVIEWS[0] / (DEFAULT_SIZE * budgets.overview)
+    grow = size / DEFAULT_SIZE
     step = lattice_step(size, budgets)
     steps = int(round(size / step))
     period = max(4, int(round(PERIOD * scale)))
@@ -249,8 +285,7 @@ def make_layout(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(
         per = steps // grid
         if per < CARD_STEPS or count > grid * grid:
             raise ValueError(f"a {grid}×{grid} board cannot hold {count} cards of {CARD_STEPS} lattice steps")
-        off = (per - CARD_STEPS) // 2
-        cells = [((k % grid) * per + off, (k // grid) * per + off) for k in rng.sample(range(grid * grid), count)]
+        cells = [((k % grid) * per, (k // grid) * per) for k in rng.sample(range(grid * grid), count)]
     while len(cells) < count:   # free placement: lattice positions with one free step between any two
         c = (rng.randint(0, steps - CARD_STEPS), rng.randint(0, steps - CARD_STEPS))
         if all(max(abs(c[0] - o[0]), abs(c[1] - o[1])) >= CARD_STEPS + 1 for o in cells):
@@ -273,7 +308,7 @@ def make_layout(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(
 
     # clutter: muted shapes anywhere (cards are drawn over them)
     items = []
-    for _ in range(int(round(rng.randint(*N_CLUTTER) * clutter * scale * scale))):
+    for _ in range(int(round(rng.randint(*N_CLUTTER) * clutter * grow * grow))):
         kind = rng.choice(("ellipse", "rectangle", "triangle", "line", "line", "decoy", "decoy"))
         x, y = rng.uniform(0, size), rng.uniform(0, size)
         r = rng.uniform(20, 150) * scale
@@ -291,7 +326,8 @@ def make_layout(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(
             coords = (x - r, y - r * rng.uniform(0.4, 1.0), x + r, y + r * rng.uniform(0.4, 1.0))
         items.append((kind, coords, colour, rng.randint(2, 9)))
     background = _muted(rng)
-    return Layout(seed, size, period, background, tuple(items), tuple(cards), target, PATTERNS, LETTERS[answer_index], grid)
+    return Layout(seed, size, period, background, tuple(items), tuple(cards), target, PATTERNS, LETTERS[answer_index], grid,
+                  scale)
 
 
 def _background(layout: Layout) -> Image.Image:
@@ -381,7 +417,7 @@ def render(layout: Layout) -> Image.Image:
             draw.line(coords, fill=fill, width=width)
         else:
             x, y, bits = coords
-            d = max(2, int(round(DECOY_DOT * layout.size / DEFAULT_SIZE)) - 1 + width % 3)
+            d = max(2, int(round(DECOY_DOT * layout.scale)) - 1 + width % 3)
             for k, bit in enumerate(bits):
                 if bit:
                     c, r = k % DECOY[0], k // DECOY[0]
@@ -405,11 +441,11 @@ def question(name: str) -> str:
     return f"Which way do the stripes on the {name} run?"
 
 
-def make_scene(seed: int, size: int = DEFAULT_SIZE, budgets: Budgets = Budgets(), clutter: float = 1.0,
+def make_scene(seed: int, size: int | None = None, budgets: Budgets = Budgets(), clutter: float = 1.0,
                n_cards: tuple[int, int] = N_CARDS, grid: int = GRID) -> Scene:
     """Scene ``seed``: same seed, same pixels. ``clutter`` scales the distractor shapes (0 = a
     plain layout of cards on a textured background); ``grid`` is the board's slots per side (0:
-    cards anywhere on the lattice)."""
+    cards anywhere on the lattice); ``size`` defaults to the geometry's."""
     return scene_from_layout(make_layout(seed, size, budgets, clutter, n_cards, grid))
 
 
@@ -427,11 +463,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default=None, choices=sorted(SPLITS),
                    help="read --seed as an index into this split's seed range")
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    p.add_argument("--overview", type=int, default=OVERVIEWS[0], choices=OVERVIEWS,
+                   help="the overview's side in model pixels; the scene's side grows with it (224: 2048, 280: 2560)")
+    p.add_argument("--size", type=int, default=None, help="scene side in original pixels (default: the overview's)")
     p.add_argument("--clutter", type=float, default=1.0)
     p.add_argument("--out", default="scene.png", help="PNG path; .overview.png and .crop.png go next to it")
     args = p.parse_args(argv)
-    budgets = Budgets()
+    budgets = Budgets.for_overview(args.overview)
     try:
         seed = split_seeds(args.split, 1, args.seed)[0] if args.split else args.seed
         scene = make_scene(seed, args.size, budgets, args.clutter)

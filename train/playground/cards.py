@@ -58,8 +58,9 @@ A small Qwen2.5-VL (text {cfg.hidden} × {cfg.layers} layers, vision {cfg.vision
 byte-level BPE tokenizer of {cfg.vocab_size} entries learned from the playground's texts) trained from random
 weights by `python -m train.playground` (`recipe.json`: the settings of the run that shipped it, its RL and
 evaluation; how the base was trained is told below). It only knows the playground world
-(`mgpo.playground.world`): 2048-px scenes with {_cards(cfg)}, a label with fine stripes on each;
-the question asks which way the stripes on one card run, which is illegible in the 224-px overview the model sees first.
+(`mgpo.playground.world`): {cfg.budgets().scene}-px scenes with {_cards(cfg)}, a label with fine stripes on each;
+the question asks which way the stripes on one card run, which is illegible in the {cfg.overview}-px overview the model
+sees first (`--overview {cfg.overview}`: run it with that world's scenes, as `--model RELEASE` does).
 
 ## How it was made
 ### 1. Base skills (`model/`)

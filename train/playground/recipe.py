@@ -64,10 +64,9 @@ from .vision import pretrain_vision
 def build_model(cfg: RecipeConfig, out: Path) -> Path:
     """A random small Qwen2.5-VL checkpoint whose processor uses the playground budgets."""
     from mgpo.playground.skill_examples import corpus
-    from mgpo.playground.world import Budgets
     from mgpo.tiny import build, build_tokenizer
 
-    b = Budgets().engine()
+    b = cfg.budgets().engine()
     tok = build_tokenizer(corpus(cfg.corpus_scenes), cfg.vocab_size)
     # embeddings with std embed_std: at the config's 0.02 (norm ≈ 0.3) a token's own identity drowned
     # under the first layer's output (norm ≈ 30) and the model never learned to copy from the prompt
@@ -83,15 +82,14 @@ def run_eval(cfg: RecipeConfig, base: Path, adapter: Path | None, out: Path, mod
     from mgpo.engine import Engine
     from mgpo.eval.datasets import open_benchmark
     from mgpo.eval.runner import EvalConfig, evaluate
-    from mgpo.playground.world import Budgets
-
-    b = Budgets().engine()
+    b = cfg.budgets().engine()
     n = cfg.eval_scenes if split == "test" else cfg.val_scenes
     ecfg = EvalConfig.of(benchmark="playground", out=str(out), model=str(base),
                       adapter=str(adapter) if adapter else None, mode=mode, limit=n, split=split,
                       batch_size=8, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"],
-                      max_new_tokens=cfg.max_new_tokens, seed=cfg.eval_seed)
-    bench = open_benchmark("playground", None, None, seed=cfg.eval_seed, limit=n, split=split)
+                      max_new_tokens=cfg.max_new_tokens, seed=cfg.eval_seed, overview=cfg.overview)
+    bench = open_benchmark("playground", None, None, seed=cfg.eval_seed, limit=n, split=split,
+                           overview=cfg.overview)
     engine = Engine.from_pretrained(str(base), ecfg.adapter, config=ecfg.engine,
                                     device="cpu" if not cuda_available() else None)
     return evaluate(engine, bench, ecfg, progress=False, overwrite=True)
@@ -184,7 +182,8 @@ def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
     (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (tmp / "README.md").write_text(release_card(cfg, summary, checkpoints, base_story(base_dir)))
     chosen = summary.get("selected")
-    write_index(tmp, checkpoints, chosen if chosen in {c.name for c in checkpoints} else checkpoints[-1].name)
+    write_index(tmp, checkpoints, chosen if chosen in {c.name for c in checkpoints} else checkpoints[-1].name,
+                overview=cfg.overview)
     Release.load(tmp)                      # refuse to ship a folder the app could not open
     if release.exists():
         shutil.rmtree(release)
@@ -196,7 +195,6 @@ def run(cfg: RecipeConfig) -> dict:
     from transformers.utils import logging as hf_logging
 
     from mgpo.model import load_model
-    from mgpo.playground.world import Budgets
 
     hf_logging.disable_progress_bar()
     cfg.check()
@@ -211,7 +209,7 @@ def run(cfg: RecipeConfig) -> dict:
     summary.setdefault("configs", []).append(asdict(cfg))
     random_dir, base_dir, rl_dir = out / "random", out / "base", out / "rl"
     _check_inputs(cfg, stages, random_dir, base_dir)
-    b = Budgets().engine()
+    b = cfg.budgets().engine()
     t = time.perf_counter()
     if "model" in stages:
         build_model(cfg, random_dir)

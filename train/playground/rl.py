@@ -11,25 +11,26 @@ from .settings import RecipeConfig
 from .runtime import data_workers, scene_map
 
 
-def write_rl_data(out: Path, n: int, start: int = 0, workers: int = 0) -> Path:
+def write_rl_data(out: Path, n: int, start: int = 0, workers: int = 0, budgets=None) -> Path:
     """``n`` scenes of the "train" split as PNG + JSONL (question, four choices, answer letter —
-    no box: the ground truth box never reaches RL), rendered by ``workers`` processes (0: this one)."""
-    from mgpo.playground.world import split_seeds
+    no box: the ground truth box never reaches RL), rendered by ``workers`` processes (0: this one)
+    in the geometry ``budgets`` (the world's default when None)."""
+    from mgpo.playground.world import Budgets, split_seeds
 
     (out / "scenes").mkdir(parents=True, exist_ok=True)
     path = out / "train.jsonl"
     with path.open("w") as f:
-        for rec in scene_map(functools.partial(_rl_record, out), split_seeds("train", n, start), workers):
+        for rec in scene_map(functools.partial(_rl_record, out, budgets or Budgets()), split_seeds("train", n, start), workers):
             f.write(json.dumps(rec) + "\n")
     return path
 
 
-def _rl_record(out: Path, seed: int) -> dict:
-    """Scene ``seed`` as ``out/scenes/scene-SEED.png`` (kept if a rerun finds it) and its JSONL record."""
+def _rl_record(out: Path, budgets, seed: int) -> dict:
+    """Scene ``seed`` as ``out/scenes/scene-SEED-SIDE.png`` (kept if a rerun finds it) and its JSONL record."""
     from mgpo.playground.world import make_layout, question, render
 
-    layout = make_layout(seed)
-    png = out / "scenes" / f"scene-{seed}.png"
+    layout = make_layout(seed, budgets=budgets)
+    png = out / "scenes" / f"scene-{seed}-{layout.size}.png"
     if not png.is_file():
         render(layout).save(png, compress_level=1)
     card = layout.cards[layout.target]
@@ -38,11 +39,9 @@ def _rl_record(out: Path, seed: int) -> dict:
 
 
 def rl_config(cfg: RecipeConfig, base: Path, data: Path, out: Path):
-    from mgpo.playground.world import Budgets
-
     from ..config import TrainConfig
 
-    b = Budgets().engine()
+    b = cfg.budgets().engine()
     return TrainConfig(
         model=str(base), data=str(data), output_dir=str(out), mode="mgpo", max_turns=2,
         group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, temperature=cfg.rl_temperature, top_p=1.0,
@@ -83,12 +82,12 @@ def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
 
     from ..loop import Trainer
 
-    data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes, workers=data_workers(cfg))
+    data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes, workers=data_workers(cfg), budgets=cfg.budgets())
     truth = {}
     for line in data.read_text().splitlines():
         rec = json.loads(line)
         seed = int(rec["id"].split("-")[1])
-        layout = make_layout(seed)
+        layout = make_layout(seed, budgets=cfg.budgets())
         truth[rec["id"]] = layout.cards[layout.target].box
     marks = snapshot_steps(cfg.rl_steps)
 

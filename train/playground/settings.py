@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mgpo.playground.world import MAX_NEW_TOKENS, N_CARDS
+from mgpo.playground.world import MAX_NEW_TOKENS, N_CARDS, OVERVIEWS, Budgets
 
 from ..config import LR_SCHEDULES
 
@@ -100,6 +100,8 @@ class RecipeConfig:
     label_first: bool = False         # grounding/cell replies name the card first (mgpo.playground.skill_examples.bbox_json)
     min_cards: int = N_CARDS[0]       # cards per scene, at least (the world's default)
     max_cards: int = N_CARDS[1]       # cards per scene, at most (the world's default)
+    overview: int = OVERVIEWS[0]      # the overview's side the world is drawn for: 224 (2048² scenes) or 280 (2560²,
+                                      # board slots at 0/70/140/210 — no two rows or columns share a first digit)
     skills_from: str = ""             # continue the skills stage from this checkpoint ("" = OUT/random)
     skill_start: int = 0              # first scene index in the skills seed range (a continuation reads fresh scenes)
     # RL (train.loop)
@@ -160,6 +162,8 @@ class RecipeConfig:
             problems.append("every curriculum phase needs skills, steps ≥ 0 and a learning rate > 0")
         if not all(0.0 <= v <= 1.0 for v in [self.skill_simple, *(ph.simple for ph in phases if ph.simple is not None)]):
             problems.append("the share of clutter-free scenes (skill_simple, a phase's SIMPLE) must be within [0, 1]")
+        if self.overview not in OVERVIEWS:
+            problems.append(f"overview must be one of {', '.join(map(str, OVERVIEWS))}, not {self.overview!r}")
         if self.rl_schedule not in LR_SCHEDULES:   # checked here too: before the stages that come first
             problems.append(f"rl_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.rl_schedule!r}")
         unknown = [s for s in self.stage_list() if s not in STAGES]
@@ -168,6 +172,10 @@ class RecipeConfig:
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def budgets(self) -> Budgets:
+        """The world's geometry this recipe trains and evaluates in (scene side, pixel budgets)."""
+        return Budgets.for_overview(self.overview)
 
     def phases(self) -> list[Phase]:
         """The skills stage's phases: the curriculum, or one phase of skills / skill_steps / skill_lr."""

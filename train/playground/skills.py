@@ -87,12 +87,12 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
     ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``);
     ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``)."""
     from mgpo.playground.skill_examples import scene_examples
-    from mgpo.playground.world import SPLITS, Budgets
+    from mgpo.playground.world import SPLITS
 
     rng = random.Random(f"{cfg.seed}:{split}:{start}")
     systems = [skill_system_prompt(k.strip()) for k in cfg.skill_system.split(",") if k.strip()]
     lo, hi = SPLITS[split]
-    make = functools.partial(scene_examples, budgets=Budgets(), skills=skills or cfg.skill_list(),
+    make = functools.partial(scene_examples, budgets=cfg.budgets(), skills=skills or cfg.skill_list(),
                              prompt=cfg.skill_prompt, simple=cfg.skill_simple if simple is None else simple,
                              n_cards=(cfg.min_cards, cfg.max_cards),
                              label_first=cfg.label_first)
@@ -120,19 +120,20 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     from mgpo.eval.scoring import iou
     from mgpo.parsing import find_bbox
     from mgpo.playground.skill_examples import ground_examples, scene_examples
-    from mgpo.playground.world import Budgets, make_scene, split_seeds
+    from mgpo.playground.world import make_scene, split_seeds
     from mgpo.prompts import get_prompts, render
     from mgpo.conversation import Sampling
 
     system = skill_system_prompt(cfg.skill_system.split(",")[0].strip())
     seeds = split_seeds("val", n_scenes)
+    budgets = cfg.budgets()
     examples = [ex for seed in seeds for ex in scene_examples(
-        seed, Budgets(), skills=cfg.skill_list(), prompt=cfg.skill_prompt, simple=0.0,
+        seed, budgets, skills=cfg.skill_list(), prompt=cfg.skill_prompt, simple=0.0,
         n_cards=(cfg.min_cards, cfg.max_cards), label_first=cfg.label_first)]
     if "ground" in cfg.skill_list():
         for seed in seeds:
-            scene = make_scene(seed, budgets=Budgets(), n_cards=(cfg.min_cards, cfg.max_cards))
-            target = next(e for e in ground_examples(scene, Budgets()) if e.meta["box_original"] == list(scene.box))
+            scene = make_scene(seed, budgets=budgets, n_cards=(cfg.min_cards, cfg.max_cards))
+            target = next(e for e in ground_examples(scene, budgets) if e.meta["box_original"] == list(scene.box))
             examples.append(dataclasses.replace(target, skill="task",
                                                 prompt=render(get_prompts("mgpo"), "grounding", scene.question)))
     scores: dict[str, list[float]] = {}

@@ -54,18 +54,19 @@ def detail_targets(card, region, frame: tuple[int, int]) -> list[int]:
     return out
 
 
-def probe_item(seed: int, simple: float = 0.3, n_cards: tuple[int, int] | None = None):
+def probe_item(seed: int, simple: float = 0.3, n_cards: tuple[int, int] | None = None, budgets=None):
     """One scene's vision-probe data: the overview as fed and its per-token targets
     (:func:`token_targets`), one card's crop as fed and its per-token stripe targets
-    (``n_cards``: the world's own range by default)."""
+    (``n_cards``: the world's own range by default; ``budgets``: its geometry)."""
     from mgpo import geometry
     from mgpo.playground.world import N_CARDS, Budgets, make_scene
 
     n_cards = n_cards or N_CARDS
 
     rng = random.Random(f"probe:{seed}")
-    b = Budgets().engine()
-    scene = make_scene(seed, budgets=Budgets(), clutter=0.0 if rng.random() < simple else 1.0, n_cards=n_cards)
+    budgets = budgets or Budgets()
+    b = budgets.engine()
+    scene = make_scene(seed, budgets=budgets, clutter=0.0 if rng.random() < simple else 1.0, n_cards=n_cards)
     ov = geometry.prepare(scene.image, None, **b)
     card = rng.choice(scene.layout.cards)
     crop = geometry.prepare(scene.image, card.box, **b)
@@ -81,12 +82,12 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     import torch
 
     from mgpo.generation import QwenBackend
-    from mgpo.playground.world import COLOURS, PATTERNS, SPLITS, Budgets
+    from mgpo.playground.world import COLOURS, PATTERNS, SPLITS
 
     backend = QwenBackend(loaded.model, loaded.processor)
     core = backend.core
     visual = core.model.visual
-    side = Budgets().overview_max_pixels ** 0.5 // 28
+    side = cfg.budgets().overview // 28
     n_col, n_pos = len(COLOURS) + 1, int(side)
     head = torch.nn.Linear(core.config.text_config.hidden_size, n_col + 2 * n_pos).to(backend.device)
     detail_head = torch.nn.Linear(core.config.text_config.hidden_size, 1 + len(PATTERNS)).to(backend.device)
@@ -97,7 +98,8 @@ def pretrain_vision(loaded, cfg: RecipeConfig, log_path: Path | None = None) -> 
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.0)
     lo, hi = SPLITS["skills"]
     first = lo + VISION_START                     # a part of the skills range the text skills rarely reach
-    items = scene_map(functools.partial(probe_item, simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards)),
+    items = scene_map(functools.partial(probe_item, simple=cfg.skill_simple, n_cards=(cfg.min_cards, cfg.max_cards),
+                                        budgets=cfg.budgets()),
                       cycle_seeds(lo, hi, first), data_workers(cfg))
     history, t0 = [], time.perf_counter()
     log = log_path.open("w") if log_path else None

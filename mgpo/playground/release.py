@@ -90,9 +90,9 @@ class Release:
         if default not in names:
             raise ReleaseError(f"{folder / INDEX}: the default checkpoint {default!r} is not one of "
                                f"{', '.join(map(repr, names))}")
-        overview = index.get("overview", 224)
         from .world import OVERVIEWS
 
+        overview = index.get("overview", OVERVIEWS[0])   # releases from before the 280 world: 224
         if overview not in OVERVIEWS or isinstance(overview, bool):
             raise ReleaseError(f"{folder / INDEX}: \"overview\" must be one of {', '.join(map(str, OVERVIEWS))} "
                                f"(the world's geometry the release was trained in), not {overview!r}")

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.benchmark == "playground":
         from ..playground.world import Budgets
 
-        budgets = Budgets.for_overview(args.overview or OVERVIEWS[0]).engine()
+        budgets = Budgets.for_overview(args.overview).engine()
         args.min_pixels = budgets["min_pixels"] if args.min_pixels is None else args.min_pixels
         args.max_pixels = budgets["max_pixels"] if args.max_pixels is None else args.max_pixels
     args.min_pixels = geometry.MIN_PIXELS if args.min_pixels is None else args.min_pixels

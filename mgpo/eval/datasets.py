@@ -384,7 +384,7 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "tes
     version, the first seed and a geometry other than the default, so a resumed run must ask for
     the same scenes (a larger limit extends it).
     """
-    from ..playground.world import OVERVIEWS, VERSION, Budgets, make_scene, slot_label, split_seeds
+    from ..playground.world import VERSION, Budgets, make_scene, slot_label, split_seeds
 
     if n < 1:
         raise DataError("playground: ask for at least one scene")
@@ -392,7 +392,7 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "tes
         if split not in ("test", "val"):
             raise ValueError(f"split {split!r}: evaluate on test or val scenes only")
         seeds = split_seeds(split, n, start)
-        budgets = Budgets.for_overview(overview or OVERVIEWS[0])
+        budgets = Budgets.for_overview(overview)
     except ValueError as e:
         raise DataError(f"playground: {e}") from None
     drawn = "" if budgets == Budgets() else f", {budgets.scene}² scenes for a {budgets.overview}² overview"

@@ -138,12 +138,13 @@ class Budgets:
     scene: int = DEFAULT_SIZE              # the scenes' side, original pixels
 
     @classmethod
-    def for_overview(cls, side: int) -> "Budgets":
-        """The world seen through a ``side``×``side`` overview. The scene grows with it (2048 at
+    def for_overview(cls, side: int | None = None) -> "Budgets":
+        """The world seen through a ``side``×``side`` overview (None: the default, 224). The scene grows with it (2048 at
         224, 2560 at 280), so a card, a lattice step and the stripes look the same in every
         overview and crop; only the board's coordinates change. At 280 the 4×4 board's slots
         start at 0, 70, 140 and 210 — four different first digits, where 224's 0, 56, 112 and 168
         give rows and columns 3 and 4 the same first token ``1``."""
+        side = OVERVIEWS[0] if side is None else side
         if side not in OVERVIEWS:
             raise ValueError(f"overview {side!r}: the world is drawn for {' or '.join(map(str, OVERVIEWS))}")
         return cls(overview_max_pixels=side * side, scene=side * DEFAULT_SIZE // OVERVIEWS[0])

@@ -40,9 +40,17 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     assert cfg.rl_temperature == 1.0 and settings.RecipeConfig.for_size("gpu").rl_temperature == 1.0
     # the shipped RL decays its rate on a cosine (at a constant one it fell back late in 64 steps)
     assert tc.lr_schedule == cfg.rl_schedule == "cosine" and tc.lr == cfg.rl_lr
-    assert "lr 0.001, cosine schedule, with" in cards.release_card(cfg, {}, [])
+    assert "lr 0.001, cosine schedule, one on-policy update a step, with" in cards.release_card(cfg, {}, [])
     constant = settings.RecipeConfig.for_size("cpu", rl_schedule="constant")
-    assert "lr 0.001, with" in cards.release_card(constant, {}, [])       # a constant rate: the card as before
+    assert "lr 0.001, one on-policy update a step, with" in cards.release_card(constant, {}, [])
+    # one on-policy update a step by default; --rl-mini-batches 4 is the paper's PPO epoch in 4 slices
+    assert tc.mini_batches == cfg.rl_mini_batches == 1
+    ppo = settings.RecipeConfig.for_size("cpu", rl_mini_batches=4)
+    assert rl.rl_config(ppo, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check().mini_batches == 4
+    assert "4 updates a step (one PPO epoch over the rollouts in 4 slices)" in cards.release_card(ppo, {}, [])
+    for bad in (0, 3):                              # 16 prompts a step: 3 slices would split a group
+        with pytest.raises(ValueError, match="rl_mini_batches must be at least 1 and divide prompts_per_step"):
+            settings.RecipeConfig.for_size("cpu", rl_mini_batches=bad).check()
     # an interrupted RL stage resumes from its newest checkpoint (8 of them over a run)
     assert tc.resume and tc.save_every == cfg.rl_steps // 8
     assert tc.log_samples == 1                      # every step's rollouts in samples.jsonl

@@ -68,7 +68,7 @@ sees first (`--overview {cfg.overview}`: run it with that world's scenes, as `--
 
 ### 2. MGPO RL (`adapters/`)
 LoRA r {cfg.lora_r} on the language model{' and the vision tower' if cfg.rl_vision else ''}, {cfg.rl_steps} steps × {cfg.prompts_per_step} prompts × {cfg.group_size}
-samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}{'' if cfg.rl_schedule == 'constant' else f', {cfg.rl_schedule} schedule'}, with the project's trainer
+samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}{'' if cfg.rl_schedule == 'constant' else f', {cfg.rl_schedule} schedule'}{_updates(cfg)}, with the project's trainer
 on scenes of the "train" seed range, the paper's prompts and the **binary accuracy reward only**; the
 ground-truth boxes never reach it. Checkpoints kept: {ckpts}.
 
@@ -187,6 +187,12 @@ def _cards(cfg: RecipeConfig) -> str:
     if cfg.min_cards == cfg.max_cards:
         return "one coloured card" if cfg.min_cards == 1 else f"{cfg.min_cards} coloured cards"
     return f"{cfg.min_cards}–{cfg.max_cards} coloured cards"
+
+
+def _updates(cfg: RecipeConfig) -> str:
+    if cfg.rl_mini_batches == 1:
+        return ", one on-policy update a step"
+    return f", {cfg.rl_mini_batches} updates a step (one PPO epoch over the rollouts in {cfg.rl_mini_batches} slices)"
 
 
 def base_story(folder: Path) -> str:

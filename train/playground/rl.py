@@ -53,7 +53,7 @@ def rl_config(cfg: RecipeConfig, base: Path, data: Path, out: Path):
         save_every=max(1, cfg.rl_steps // 8), keep_last=1, resume=True,   # an interrupted RL stage resumes
         tensorboard=False, progress=False, plot=True, micro_batch=8,
         log_samples=1,    # every rollout's box and reward in OUT/rl/samples.jsonl: where the policy looks, step by step
-        mini_batches=1,   # one on-policy update per step: what the shipped playground RL was measured with
+        mini_batches=cfg.rl_mini_batches,
     )
 
 

@@ -111,6 +111,8 @@ class RecipeConfig:
     group_size: int = 8               # samples per scene (GRPO's group)
     rl_lr: float = 1e-3               # LoRA learning rate
     rl_schedule: str = "constant"     # constant | cosine (down to 0 at the last step) | linear
+    rl_mini_batches: int = 1          # optimizer updates per RL step, one PPO epoch over the rollouts split in this many
+                                      # slices (1: on-policy, ratio 1, what the shipped release was made with; the paper: 4)
     lora_r: int = 64                  # LoRA rank (alpha = rank) on the language model
     rl_vision: bool = False           # RL's LoRA also on the vision tower's blocks (the reward then shapes the features)
     kl_coef: float = 0.0              # the small model's base is our own SFT; no KL anchor needed
@@ -164,6 +166,9 @@ class RecipeConfig:
             problems.append("the share of clutter-free scenes (skill_simple, a phase's SIMPLE) must be within [0, 1]")
         if self.overview not in OVERVIEWS:
             problems.append(f"overview must be one of {', '.join(map(str, OVERVIEWS))}, not {self.overview!r}")
+        if self.rl_mini_batches < 1 or self.prompts_per_step % self.rl_mini_batches:
+            problems.append(f"rl_mini_batches must be at least 1 and divide prompts_per_step ({self.prompts_per_step}): "
+                            "each update takes whole groups")
         if self.rl_schedule not in LR_SCHEDULES:   # checked here too: before the stages that come first
             problems.append(f"rl_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.rl_schedule!r}")
         unknown = [s for s in self.stage_list() if s not in STAGES]

@@ -1,0 +1,106 @@
+"""The name → card look-up harness (train/playground/lookup.py): its data, its perfect features,
+its scoring and a short run on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from train.playground import lookup
+from train.playground.lookup import LookupConfig, PerfectFeatures, candidates, scene_items
+
+
+def test_perfect_and_tower_scenes_ask_the_same_cards_with_the_same_prompts_and_classes():
+    # perfect features never render the scene, but its examples (prompt, box, name) and per-token
+    # classes must be the rendered scene's, or the two modes would not be comparable
+    for seed in (3, 11):
+        p_ex, p_cls, p_boxes = scene_items(seed, LookupConfig("m", "perfect", cards=3))
+        t_ex, t_cls, t_boxes = scene_items(seed, LookupConfig("m", "tower", cards=3))
+        assert [(e.prompt, e.target) for e in p_ex] == [(e.prompt, e.target) for e in t_ex]
+        assert p_cls == t_cls and p_boxes == t_boxes
+        assert len(p_ex) == 3 and len({e.meta["name"] for e in p_ex}) == 3
+        assert t_ex[0].images[0].size == (280, 280) and len(p_cls) == 100     # 10 × 10 merged tokens
+        # each card covers the tokens inside its overview box, with its own colour class
+        for box in p_boxes:
+            x1, y1, x2, y2 = box
+            inside = {(r, c) for r in range(10) for c in range(10)
+                      if x1 <= c * 28 + 14 < x2 and y1 <= r * 28 + 14 < y2}
+            classes = {k for k, r, c in p_cls if (r, c) in inside}
+            assert len(inside) >= 1 and len(classes) == 1 and classes != {0}
+        assert sum(k > 0 for k, _, _ in p_cls) == sum(
+            sum(x1 <= c * 28 + 14 < x2 and y1 <= r * 28 + 14 < y2 for r in range(10) for c in range(10))
+            for x1, y1, x2, y2 in p_boxes)
+
+
+def test_candidates_put_the_right_reply_on_the_diagonal():
+    examples, _, boxes = scene_items(5, LookupConfig("m", cards=3))
+    rows = candidates(examples, boxes)
+    assert [len(r) for r in rows] == [3, 3, 3]
+    for i, (ex, row) in enumerate(zip(examples, rows)):
+        assert row[i].target == ex.target
+        assert all(c.prompt == ex.prompt and ex.meta["name"] in c.target for c in row)
+        assert len({c.target for c in row}) == 3
+
+
+def test_perfect_features_are_one_hots_as_large_as_a_token_embedding(tiny_loaded):
+    import torch
+
+    core = tiny_loaded.model
+    f = PerfectFeatures(core, side=10)
+    x = f([(1, 0, 0), (1, 0, 0), (2, 0, 0), (0, 3, 4)])
+    assert x.shape == (4, core.config.text_config.hidden_size)
+    assert torch.allclose(x[0], x[1])
+    norm = core.get_input_embeddings().weight.detach().float().norm(dim=-1).mean()
+    assert torch.allclose(x.norm(dim=-1), norm.expand(4), rtol=1e-4)
+    # tokens that differ in colour only differ along the colour one-hots: (a - b) ⟂ position part
+    d = x[0] - x[2]
+    assert abs(float(d @ (x[3] - f([(0, 0, 0)])[0]))) < 1e-4 * float(norm) ** 2
+
+
+def test_the_patch_feeds_the_given_features_and_is_removed(tiny_loaded):
+    import torch
+
+    from mgpo.generation import QwenBackend
+    from train.playground.skills import example_sequence, sft_loss
+
+    backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
+    examples, classes, _ = scene_items(7, LookupConfig("m", cards=2, overview=224))
+    seqs = [example_sequence(backend, examples[0])]
+    f = PerfectFeatures(backend.core, side=8)
+    with torch.no_grad():
+        plain, _ = sft_loss(backend.core, backend, seqs)
+        lookup._patched_forward(backend.core, f(classes))
+        a, _ = sft_loss(backend.core, backend, seqs)
+        lookup._patched_forward(backend.core, f([(0, 0, 0)] * len(classes)))
+        b, _ = sft_loss(backend.core, backend, seqs)
+        lookup._unpatch(backend.core)
+        again, _ = sft_loss(backend.core, backend, seqs)
+    assert float(a) != float(b) and float(a) != float(plain)
+    assert float(again) == pytest.approx(float(plain), abs=1e-6)
+
+
+def test_a_short_run_learns_its_replies_and_logs_the_lookup(tiny_model_dir, tmp_path):
+    out = tmp_path / "log.jsonl"
+    cfg = LookupConfig(str(tiny_model_dir), "perfect", cards=2, overview=224, steps=12, batch=8, lr=3e-3,
+                       eval_every=6, eval_scenes=3)
+    log = lookup.run(cfg, out)
+    assert [r["step"] for r in log] == [0, 6, 12]
+    assert all(r["n"] == 6 and 0.0 <= r["lookup"] <= 1.0 for r in log)
+    assert log[-1]["loss"] < 0.85 * log[0]["loss"]         # held-out replies grow likelier (their format at least)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["config"]["features"] == "perfect" and lines[1:] == log
+
+
+def test_the_cli_refuses_bad_settings_and_trains_a_fresh_model(tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        lookup.main(["--model", str(tiny_model_dir), "--fresh", "wide"])
+    assert "HIDDENxLAYERS" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lookup.main(["--model", str(tiny_model_dir), "--cards", "0"])
+    out = tmp_path / "fresh.jsonl"
+    assert lookup.main(["--model", str(tiny_model_dir), "--fresh", "32x1", "--overview", "224", "--cards", "2",
+                        "--steps", "2", "--batch", "4", "--eval-every", "2", "--eval-scenes", "2",
+                        "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["config"]["fresh"] == "32x1" and [r["step"] for r in rows[1:]] == [0, 2]

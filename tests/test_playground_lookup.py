@@ -15,10 +15,14 @@ def test_perfect_and_tower_scenes_ask_the_same_cards_with_the_same_prompts_and_c
     # perfect features never render the scene, but its examples (prompt, box, name) and per-token
     # classes must be the rendered scene's, or the two modes would not be comparable
     for seed in (3, 11):
-        p_ex, p_cls, p_boxes = scene_items(seed, LookupConfig("m", "perfect", cards=3))
-        t_ex, t_cls, t_boxes = scene_items(seed, LookupConfig("m", "tower", cards=3))
+        p_ex, p_cls, (slots, cards) = scene_items(seed, LookupConfig("m", "perfect", cards=3))
+        t_ex, t_cls, t_slots = scene_items(seed, LookupConfig("m", "tower", cards=3))
         assert [(e.prompt, e.target) for e in p_ex] == [(e.prompt, e.target) for e in t_ex]
-        assert p_cls == t_cls and p_boxes == t_boxes
+        assert p_cls == t_cls and (slots, cards) == t_slots
+        # the 16 slots of the 280 world's board start at 0, 70, 140, 210; each card is boxed in its own
+        assert len(slots) == 16 and {s[0] for s in slots} == {0, 70, 140, 210} == {s[1] for s in slots}
+        assert [list(slots[k]) for k in cards] == [e.meta["box_model"] for e in p_ex] and len(set(cards)) == 3
+        p_boxes = [slots[k] for k in cards]
         assert len(p_ex) == 3 and len({e.meta["name"] for e in p_ex}) == 3
         assert t_ex[0].images[0].size == (280, 280) and len(p_cls) == 100     # 10 × 10 merged tokens
         # each card covers the tokens inside its overview box, with its own colour class
@@ -33,21 +37,26 @@ def test_perfect_and_tower_scenes_ask_the_same_cards_with_the_same_prompts_and_c
             for x1, y1, x2, y2 in p_boxes)
 
 
-def test_candidates_put_the_right_reply_on_the_diagonal():
-    examples, _, boxes = scene_items(5, LookupConfig("m", cards=3))
-    rows = candidates(examples, boxes)
-    assert [len(r) for r in rows] == [3, 3, 3]
-    for i, (ex, row) in enumerate(zip(examples, rows)):
-        assert row[i].target == ex.target
+def test_every_slot_is_a_candidate_and_the_cards_slot_gives_the_trained_reply():
+    examples, _, (slots, cards) = scene_items(5, LookupConfig("m", cards=3))
+    rows = candidates(examples, slots)
+    assert [len(r) for r in rows] == [16, 16, 16]
+    for ex, row, k in zip(examples, rows, cards):
+        assert row[k].target == ex.target                     # the scored right reply is the trained one
         assert all(c.prompt == ex.prompt and ex.meta["name"] in c.target for c in row)
-        assert len({c.target for c in row}) == 3
+        assert len({c.target for c in row}) == 16
+    # with the label first, every candidate writes it first too
+    examples, _, (slots, cards) = scene_items(5, LookupConfig("m", cards=3, label_first=True))
+    for ex, row, k in zip(examples, candidates(examples, slots), cards):
+        assert row[k].target == ex.target and ex.target.index('"label"') < ex.target.index('"bbox_2d"')
+        assert all(c.target.index('"label"') < c.target.index('"bbox_2d"') for c in row)
 
 
 def test_perfect_features_are_one_hots_as_large_as_a_token_embedding(tiny_loaded):
     import torch
 
     core = tiny_loaded.model
-    f = PerfectFeatures(core, side=10)
+    f = PerfectFeatures.random(core, side=10)
     x = f([(1, 0, 0), (1, 0, 0), (2, 0, 0), (0, 3, 4)])
     assert x.shape == (4, core.config.text_config.hidden_size)
     assert torch.allclose(x[0], x[1])
@@ -67,7 +76,7 @@ def test_the_patch_feeds_the_given_features_and_is_removed(tiny_loaded):
     backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
     examples, classes, _ = scene_items(7, LookupConfig("m", cards=2, overview=224))
     seqs = [example_sequence(backend, examples[0])]
-    f = PerfectFeatures(backend.core, side=8)
+    f = PerfectFeatures.random(backend.core, side=8)
     with torch.no_grad():
         plain, _ = sft_loss(backend.core, backend, seqs)
         lookup._patched_forward(backend.core, f(classes))
@@ -86,7 +95,7 @@ def test_a_short_run_learns_its_replies_and_logs_the_lookup(tiny_model_dir, tmp_
                        eval_every=6, eval_scenes=3)
     log = lookup.run(cfg, out)
     assert [r["step"] for r in log] == [0, 6, 12]
-    assert all(r["n"] == 6 and 0.0 <= r["lookup"] <= 1.0 for r in log)
+    assert all(r["n"] == 6 and 0.0 <= r["lookup"] <= r["card"] <= 1.0 for r in log)
     assert log[-1]["loss"] < 0.85 * log[0]["loss"]         # held-out replies grow likelier (their format at least)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[0]["config"]["features"] == "perfect" and lines[1:] == log

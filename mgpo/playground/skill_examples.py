@@ -182,10 +182,12 @@ def snap(box, frame, step: int = LATTICE):
 
 
 def ground_examples(scene: Scene, budgets: Budgets = Budgets(), prompt: str = "locate",
-                    rng: random.Random | None = None, label_first: bool = False) -> list[Example]:
-    """One grounding example per card of the scene, on the overview as fed. ``prompt``: a key of
-    :data:`GROUND_PROMPTS`, or several joined by commas (one picked per card with ``rng``)."""
-    overview = geometry.prepare(scene.image, None, **budgets.engine())
+                    rng: random.Random | None = None, label_first: bool = False,
+                    overview: geometry.Prepared | None = None) -> list[Example]:
+    """One grounding example per card of the scene, on the overview as fed (``overview``: that
+    of ``scene.image``, prepared already). ``prompt``: a key of :data:`GROUND_PROMPTS`, or several
+    joined by commas (one picked per card with ``rng``)."""
+    overview = overview or geometry.prepare(scene.image, None, **budgets.engine())
     wordings = [w.strip() for w in prompt.split(",") if w.strip()]
     unknown = [w for w in wordings if w not in GROUND_PROMPTS]
     if unknown or not wordings:

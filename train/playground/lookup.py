@@ -11,9 +11,10 @@ prompts, positions and loss — with the overview's image features either
   a token embedding: everything a vision tower could say, and nothing else;
 - ``tower``: the base's own (frozen) vision tower on the rendered overview.
 
-Held-out, it scores the look-up itself: for each card of a VAL scene, the reply boxing each of
-the scene's cards (the asked name as label) is scored by the model, and the look-up is right when
-the named card's reply is the likeliest (chance: one over the number of cards). With perfect
+Held-out, it scores the look-up itself: for each card of a VAL scene, the reply boxing each slot
+of the board (the asked name as label) is scored by the model. ``card``: the likeliest box is one
+of the scene's cards (it knows where cards are; chance cards / 16); ``lookup``: it is the named
+card (chance 1 / 16, and one over the number of cards for a model that boxes a card at random). With perfect
 features the question is whether the language model can learn the look-up at all, and how fast
 with its width, depth, batch and learning rate; against ``tower`` it says whether the features
 are the gate.
@@ -24,6 +25,7 @@ are the gate.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import tempfile
@@ -31,7 +33,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-FEATURES = ("perfect", "tower")
+from mgpo.playground.world import Budgets
+
+FEATURES = ("perfect", "clean", "tower")
 
 
 @dataclass
@@ -44,10 +48,12 @@ class LookupConfig:
     batch: int = 16                     # examples a step (every card of a scene: its scenes whole)
     lr: float = 5e-4                    # AdamW, linear warm-up over 20 steps, then constant
     eval_every: int = 100
-    eval_scenes: int = 32
+    eval_scenes: int = 24
     fresh: str = ""                     # "HIDDENxLAYERS": a random language model of that size instead
     seed: int = 0
     clutter: float = 0.7                # share of cluttered scenes (tower: the rest are plain)
+    label_first: bool = False           # the reply names the card before its box
+    fit_scenes: int = 200               # clean: scenes the tower's additive model is fitted on
 
     def check(self) -> None:
         problems = []
@@ -70,25 +76,27 @@ def _fresh_shape(text: str) -> tuple[int, int] | None:
 
 
 def scene_items(seed: int, cfg: LookupConfig):
-    """(examples, per-token classes) for one scene of ``cfg.cards`` cards: one referring grounding
-    example per card (the recipe's ``refer`` wordings) and, per merged overview token in raster
-    order, (colour class, row, column). Perfect features never need the pixels, so the scene
+    """(examples, per-token classes, (slots, cards)) for one scene of ``cfg.cards`` cards: one
+    referring grounding example per card (the recipe's ``refer`` wordings); per merged overview
+    token in raster order, (colour class, row, column); the overview box of every board slot a card
+    can sit in, and the slot of each example's card. Perfect features never need the pixels, so the scene
     then carries a blank image of its size (the overview's frame and tokens are the same)."""
-    from PIL import Image
-
     from mgpo.playground.skill_examples import ground_examples
-    from mgpo.playground.world import COLOURS, Budgets, Scene, make_layout, make_scene
+    from mgpo.playground.world import COLOURS, Scene, make_layout, make_scene
 
     budgets = Budgets.for_overview(cfg.overview)
     rng = random.Random(f"lookup:{seed}")
     clutter = 1.0 if rng.random() < cfg.clutter else 0.0
-    if cfg.features == "tower":
+    if cfg.features != "perfect":
         scene = make_scene(seed, budgets=budgets, clutter=clutter, n_cards=(cfg.cards, cfg.cards))
+        overview = None
     else:
         layout = make_layout(seed, budgets=budgets, clutter=clutter, n_cards=(cfg.cards, cfg.cards))
         card = layout.cards[layout.target]
-        scene = Scene(Image.new("RGB", (layout.size, layout.size)), "", [], "", card.box, "", "", seed, layout)
-    examples = ground_examples(scene, budgets, "refer", rng)
+        blank = _blank(layout.size, cfg.overview)
+        scene = Scene(blank[0], "", [], "", card.box, "", "", seed, layout)
+        overview = blank[1]
+    examples = ground_examples(scene, budgets, "refer", rng, cfg.label_first, overview)
     names = sorted(COLOURS)
     side = budgets.overview // 28
     step = scene.image.width / side
@@ -99,38 +107,85 @@ def scene_items(seed: int, cfg: LookupConfig):
             k = next((names.index(card.colour) + 1 for card in scene.layout.cards
                       if card.box[0] <= x < card.box[2] and card.box[1] <= y < card.box[3]), 0)
             classes.append((k, r, c))
-    boxes = [ex.meta["box_model"] for ex in examples]
-    return examples, classes, boxes
+    w, h = (examples[0].meta["box_model"][2] - examples[0].meta["box_model"][0],
+            examples[0].meta["box_model"][3] - examples[0].meta["box_model"][1])
+    grid = scene.layout.grid
+    pitch = budgets.overview // grid
+    slots = [(c * pitch, r * pitch, c * pitch + w, r * pitch + h) for r in range(grid) for c in range(grid)]
+    cards = [slots.index(tuple(ex.meta["box_model"])) for ex in examples]
+    return examples, classes, (slots, cards)
+
+
+@functools.lru_cache(maxsize=4)
+def _blank(size: int, overview: int):
+    """A blank scene of ``size`` and its overview as fed (perfect features never read pixels)."""
+    from PIL import Image
+
+    from mgpo import geometry
+
+    image = Image.new("RGB", (size, size))
+    return image, geometry.prepare(image, None, **Budgets.for_overview(overview).engine())
 
 
 class PerfectFeatures:
-    """One-hots of (colour, row, column) per token through a fixed random orthonormal map into
-    the language model's width, scaled to the mean norm of its token embeddings."""
+    """Image features made from per-token classes: one-hots of (colour, row, column) through a map
+    into the language model's width — a random orthonormal one as large as a token embedding
+    (:meth:`random`), or the additive model of the tower's own features (:meth:`fitted`)."""
 
-    def __init__(self, core, side: int, seed: int = 0):
+    def __init__(self, mapping, n_col: int, side: int):
+        self.map, self.n_col, self.side = mapping, n_col, side       # (hidden, n_col + 2·side)
+
+    @classmethod
+    def random(cls, core, side: int, seed: int = 0) -> "PerfectFeatures":
         import torch
 
         from mgpo.playground.world import COLOURS
 
         hidden = core.config.text_config.hidden_size
-        self.n_col, self.side = len(COLOURS) + 1, side
-        dims = self.n_col + 2 * side
+        n_col = len(COLOURS) + 1
+        dims = n_col + 2 * side
         if dims > hidden:
             raise ValueError(f"perfect features need {dims} dimensions; the model is {hidden} wide")
         g = torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(hidden, dims, generator=g))
         norm = core.get_input_embeddings().weight.detach().float().norm(dim=-1).mean().item()
-        self.map = (q * norm / 3 ** 0.5).to(core.device, next(core.parameters()).dtype)   # three one-hots
+        return cls((q * norm / 3 ** 0.5).to(core.device, next(core.parameters()).dtype), n_col, side)   # three one-hots
 
-    def __call__(self, classes) -> "torch.Tensor":
+    @classmethod
+    def fitted(cls, backend, cfg: "LookupConfig", seeds) -> "PerfectFeatures":
+        """Least squares of the tower's features on the one-hots over the scenes of ``seeds``:
+        what the tower says of colour, row and column, without the clutter's and the
+        background's share — the features the base reads, noise-free."""
         import torch
 
-        k = torch.tensor(classes, device=self.map.device)           # (tokens, 3)
-        onehot = torch.zeros(len(classes), self.n_col + 2 * self.side, device=self.map.device, dtype=self.map.dtype)
-        onehot[torch.arange(len(classes)), k[:, 0]] = 1
-        onehot[torch.arange(len(classes)), self.n_col + k[:, 1]] = 1
-        onehot[torch.arange(len(classes)), self.n_col + self.side + k[:, 2]] = 1
-        return onehot @ self.map.T
+        from mgpo.playground.world import COLOURS
+
+        tower = LookupConfig(**{**asdict(cfg), "features": "tower"})
+        n_col, side = len(COLOURS) + 1, Budgets.for_overview(cfg.overview).overview // 28
+        probe = cls(None, n_col, side)
+        xs, ys = [], []
+        with torch.no_grad():
+            for seed in seeds:
+                examples, classes, _ = scene_items(seed, tower)
+                ys.append(backend.image_features([backend.feed_image(examples[0].images[0])]).float().cpu())
+                xs.append(probe.onehot(classes, "cpu", torch.float32))
+        x, y = torch.cat(xs), torch.cat(ys)
+        w = torch.linalg.lstsq(x, y, driver="gelsd").solution                     # (dims, hidden)
+        return cls(w.T.to(backend.device, backend.dtype).contiguous(), n_col, side)
+
+    def onehot(self, classes, device, dtype):
+        import torch
+
+        k = torch.tensor(classes, device=device)           # (tokens, 3)
+        out = torch.zeros(len(classes), self.n_col + 2 * self.side, device=device, dtype=dtype)
+        rows = torch.arange(len(classes), device=device)
+        out[rows, k[:, 0]] = 1
+        out[rows, self.n_col + k[:, 1]] = 1
+        out[rows, self.n_col + self.side + k[:, 2]] = 1
+        return out
+
+    def __call__(self, classes) -> "torch.Tensor":
+        return self.onehot(classes, self.map.device, self.map.dtype) @ self.map.T
 
 
 def _patched_forward(core, features):
@@ -165,47 +220,57 @@ def load_core(cfg: LookupConfig, workdir: Path):
         hidden, layers = _fresh_shape(cfg.fresh)  # type: ignore[misc]
         path = str(build(workdir / "fresh", seed=cfg.seed, layers=layers, hidden=hidden,
                          tokenizer=AutoTokenizer.from_pretrained(cfg.model), embed_std=1.0))
-    loaded = load_model(path, device="cpu")
+    from .runtime import cuda_available
+
+    loaded = load_model(path, device="cuda" if cuda_available() else "cpu")
     return loaded, QwenBackend(loaded.model, loaded.processor)
 
 
 def candidates(examples, boxes) -> list:
-    """For each example (a card asked by name), one copy per card of the scene whose reply boxes
-    that card, the asked name as its label: row i, column i is the right reply."""
+    """For each example (a card asked by name), one copy per box of ``boxes`` whose reply boxes
+    it, the asked name as its label."""
     from mgpo.playground.skill_examples import bbox_json
 
-    return [[type(ex)(ex.skill, ex.prompt, ex.images, bbox_json(box, ex.meta["name"]), ex.meta) for box in boxes]
-            for ex in examples]
+    out = []
+    for ex in examples:
+        first = ex.target.index('"label"') < ex.target.index('"bbox_2d"')
+        out.append([type(ex)(ex.skill, ex.prompt, ex.images, bbox_json(box, ex.meta["name"], first), ex.meta)
+                    for box in boxes])
+    return out
 
 
 def score_lookup(backend, cfg: LookupConfig, scenes: list, perfect: PerfectFeatures | None) -> dict:
-    """Held-out look-up accuracy (the named card's reply the likeliest of the scene's cards') and
-    the mean per-token loss of the right reply."""
+    """Held-out scores over ``scenes`` (:func:`scene_items`): ``lookup`` (the named card's box the
+    likeliest of the board's slots), ``card`` (the likeliest is some card's) and the mean
+    per-token loss of the right reply."""
     import torch
 
     from .skills import example_sequence, sft_loss
 
-    right = total = 0
+    right = card = total = 0
     losses = []
     with torch.no_grad():
-        for examples, classes, boxes in scenes:
-            seqs = [example_sequence(backend, c) for row in candidates(examples, boxes) for c in row]
+        for examples, classes, (slots, cards) in scenes:
+            seqs = [example_sequence(backend, c) for row in candidates(examples, slots) for c in row]
             if perfect is not None:
                 _patched_forward(backend.core, perfect([c for _ in seqs for c in classes]))
             _, per_row = sft_loss(backend.core, backend, seqs)
-            n_tok = [sum(s.loss_mask) for s in seqs]
-            score = (-per_row * torch.tensor(n_tok, dtype=per_row.dtype)).view(len(examples), len(boxes))
-            right += int((score.argmax(1) == torch.arange(len(examples))).sum())
+            per_row = per_row.view(len(examples), len(slots))
+            n_tok = torch.tensor([sum(s.loss_mask) for s in seqs], dtype=per_row.dtype).view(per_row.shape)
+            best = (-per_row * n_tok).argmax(1).tolist()          # the likeliest reply, by its summed log-prob
+            right += sum(b == k for b, k in zip(best, cards))
+            card += sum(b in cards for b in best)
             total += len(examples)
-            losses += [float(per_row.view(len(examples), len(boxes))[i, i]) for i in range(len(examples))]
-    return {"lookup": right / max(1, total), "loss": sum(losses) / max(1, len(losses)), "n": total}
+            losses += [float(per_row[i, k]) for i, k in enumerate(cards)]
+    return {"lookup": right / max(1, total), "card": card / max(1, total), "loss": sum(losses) / max(1, len(losses)),
+            "n": total}
 
 
 def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
     """Train and score; returns the log (one row per evaluation), also written to ``out``."""
     import torch
 
-    from mgpo.playground.world import SPLITS, Budgets
+    from mgpo.playground.world import SPLITS
 
     from .skills import example_sequence, sft_loss
 
@@ -215,10 +280,12 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
         loaded, backend = load_core(cfg, Path(tmp))
     core = backend.core
     side = Budgets.for_overview(cfg.overview).overview // 28
-    perfect = PerfectFeatures(core, side, cfg.seed) if cfg.features == "perfect" else None
+    train_lo, train_hi = SPLITS["skills"]
+    perfect = (PerfectFeatures.random(core, side, cfg.seed) if cfg.features == "perfect" else
+               PerfectFeatures.fitted(backend, cfg, range(train_lo + 590_000, train_lo + 590_000 + cfg.fit_scenes))
+               if cfg.features == "clean" else None)
     val_lo, _ = SPLITS["val"]
     val = [scene_items(val_lo + i, cfg) for i in range(cfg.eval_scenes)]
-    train_lo, train_hi = SPLITS["skills"]
     seeds = iter(range(train_lo + 600_000, train_hi))        # a part of the skills range no recipe phase reads
     core.requires_grad_(True)
     core.model.visual.requires_grad_(False)
@@ -288,10 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", default=d.fresh, metavar="HIDDENxLAYERS",
                    help="train a random language model of this size instead of the base's")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--label-first", action="store_true", help="replies name the card before its box")
     p.add_argument("--out", type=Path, default=None, help="write the log here (JSON lines)")
     a = p.parse_args(argv)
     cfg = LookupConfig(a.model, a.features, a.cards, a.overview, a.steps, a.batch, a.lr, a.eval_every,
-                       a.eval_scenes, a.fresh, a.seed)
+                       a.eval_scenes, a.fresh, a.seed, label_first=a.label_first)
     try:
         cfg.check()
     except ValueError as e:

@@ -67,6 +67,31 @@ def test_perfect_features_are_one_hots_as_large_as_a_token_embedding(tiny_loaded
     assert abs(float(d @ (x[3] - f([(0, 0, 0)])[0]))) < 1e-4 * float(norm) ** 2
 
 
+def test_clean_features_are_the_towers_least_squares_sum(tiny_loaded):
+    import torch
+
+    from mgpo.generation import QwenBackend
+
+    backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
+    cfg = LookupConfig("m", "clean", cards=2, overview=224)
+    seeds = range(40, 46)
+    clean = PerfectFeatures.fitted(backend, cfg, seeds)
+    tower, fitted = [], []
+    with torch.no_grad():
+        for seed in seeds:
+            examples, classes, _ = scene_items(seed, cfg)
+            tower.append(backend.image_features([backend.feed_image(examples[0].images[0])]).float())
+            fitted.append(clean(classes).float())
+    y, f = torch.cat(tower), torch.cat(fitted)
+    assert f.shape == y.shape == (6 * 64, tiny_loaded.model.config.text_config.hidden_size)
+    # a least-squares fit with the mean among its directions: its residual is below the spread around the mean,
+    # and orthogonal to every one-hot it was fitted on
+    residual = y - f
+    assert float((residual ** 2).sum()) < 0.5 * float(((y - y.mean(0)) ** 2).sum())
+    x = torch.cat([clean.onehot(scene_items(s, cfg)[1], "cpu", torch.float32) for s in seeds])
+    assert float((x.T @ residual).abs().max()) < 1e-3 * float(y.abs().max())
+
+
 def test_the_patch_feeds_the_given_features_and_is_removed(tiny_loaded):
     import torch
 
@@ -106,7 +131,8 @@ def test_the_cli_refuses_bad_settings_and_trains_a_fresh_model(tiny_model_dir, t
         lookup.main(["--model", str(tiny_model_dir), "--fresh", "wide"])
     assert "HIDDENxLAYERS" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        lookup.main(["--model", str(tiny_model_dir), "--cards", "0"])
+        lookup.main(["--model", str(tiny_model_dir), "--cards", "9"])
+    assert "cards must be 1 to 8" in capsys.readouterr().err
     out = tmp_path / "fresh.jsonl"
     assert lookup.main(["--model", str(tiny_model_dir), "--fresh", "32x1", "--overview", "224", "--cards", "2",
                         "--steps", "2", "--batch", "4", "--eval-every", "2", "--eval-scenes", "2",

@@ -59,8 +59,12 @@ class LookupConfig:
         problems = []
         if self.features not in FEATURES:
             problems.append(f"features must be one of {', '.join(FEATURES)}")
-        if self.cards < 1 or self.batch < 1 or self.steps < 1 or self.eval_scenes < 1:
-            problems.append("cards, batch, steps and eval_scenes must be ≥ 1")
+        from mgpo.playground.world import COLOURS
+
+        if not 1 <= self.cards <= len(COLOURS):
+            problems.append(f"cards must be 1 to {len(COLOURS)} (one colour each)")
+        if self.batch < 1 or self.steps < 1 or self.eval_scenes < 1 or self.eval_every < 1:
+            problems.append("batch, steps, eval_every and eval_scenes must be ≥ 1")
         if self.fresh and not _fresh_shape(self.fresh):
             problems.append(f"fresh must read HIDDENxLAYERS (e.g. 512x8), not {self.fresh!r}")
         if problems:
@@ -256,7 +260,8 @@ def score_lookup(backend, cfg: LookupConfig, scenes: list, perfect: PerfectFeatu
                 _patched_forward(backend.core, perfect([c for _ in seqs for c in classes]))
             _, per_row = sft_loss(backend.core, backend, seqs)
             per_row = per_row.view(len(examples), len(slots))
-            n_tok = torch.tensor([sum(s.loss_mask) for s in seqs], dtype=per_row.dtype).view(per_row.shape)
+            n_tok = torch.tensor([sum(s.loss_mask) for s in seqs], dtype=per_row.dtype,
+                                 device=per_row.device).view(per_row.shape)
             best = (-per_row * n_tok).argmax(1).tolist()          # the likeliest reply, by its summed log-prob
             right += sum(b == k for b, k in zip(best, cards))
             card += sum(b in cards for b in best)

@@ -41,7 +41,7 @@ FEATURES = ("perfect", "clean", "tower")
 @dataclass
 class LookupConfig:
     model: str                          # a base (a model folder: tokenizer, weights)
-    features: str = "perfect"           # perfect | tower
+    features: str = "perfect"           # perfect | clean | tower
     cards: int = 3                      # cards per scene, each of its own colour
     overview: int = 280                 # the world's geometry (224 | 280)
     steps: int = 600
@@ -86,7 +86,9 @@ def scene_items(seed: int, cfg: LookupConfig):
     can sit in, and the slot of each example's card. Perfect features never need the pixels, so the scene
     then carries a blank image of its size (the overview's frame and tokens are the same)."""
     from mgpo.playground.skill_examples import ground_examples
-    from mgpo.playground.world import COLOURS, Scene, make_layout, make_scene
+    from mgpo.playground.world import Scene, make_layout, make_scene
+
+    from .vision import token_targets
 
     budgets = Budgets.for_overview(cfg.overview)
     rng = random.Random(f"lookup:{seed}")
@@ -101,16 +103,8 @@ def scene_items(seed: int, cfg: LookupConfig):
         scene = Scene(blank[0], "", [], "", card.box, "", "", seed, layout)
         overview = blank[1]
     examples = ground_examples(scene, budgets, "refer", rng, cfg.label_first, overview)
-    names = sorted(COLOURS)
-    side = budgets.overview // 28
-    step = scene.image.width / side
-    classes = []
-    for r in range(side):
-        for c in range(side):
-            x, y = (c + 0.5) * step, (r + 0.5) * step
-            k = next((names.index(card.colour) + 1 for card in scene.layout.cards
-                      if card.box[0] <= x < card.box[2] and card.box[1] <= y < card.box[3]), 0)
-            classes.append((k, r, c))
+    frame = (budgets.overview, budgets.overview)
+    classes = list(zip(*token_targets(scene, frame)))          # (colour class, row, column) per token
     w, h = (examples[0].meta["box_model"][2] - examples[0].meta["box_model"][0],
             examples[0].meta["box_model"][3] - examples[0].meta["box_model"][1])
     grid = scene.layout.grid
@@ -349,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="a base model folder (its tokenizer; its weights unless --fresh)")
     d = LookupConfig("")
     p.add_argument("--features", choices=FEATURES, default=d.features,
-                   help="perfect: one-hots from the layout; tower: the base's frozen vision tower")
+                   help="perfect: one-hots from the layout; clean: the tower's colour + row + column least-squares "
+                        "sum; tower: the base's frozen vision tower")
     p.add_argument("--cards", type=int, default=d.cards, help="cards per scene")
     p.add_argument("--overview", type=int, choices=(224, 280), default=d.overview, help="the world's geometry")
     p.add_argument("--steps", type=int, default=d.steps)

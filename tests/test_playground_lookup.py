@@ -67,6 +67,42 @@ def test_perfect_features_are_one_hots_as_large_as_a_token_embedding(tiny_loaded
     assert abs(float(d @ (x[3] - f([(0, 0, 0)])[0]))) < 1e-4 * float(norm) ** 2
 
 
+def test_aligned_features_say_a_cards_colour_with_its_colour_words_live_embedding(tiny_loaded):
+    import torch
+
+    from mgpo.playground.world import COLOURS
+
+    core, tok = tiny_loaded.model, tiny_loaded.processor.tokenizer
+    f = PerfectFeatures.aligned(core, tok, side=10)
+    p = PerfectFeatures.random(core, side=10)
+    embed = core.get_input_embeddings().weight
+    red = tok(" red", add_special_tokens=False)["input_ids"][0]
+    k = sorted(COLOURS).index("red") + 1
+    # only the colour part differs from the random code: a red token minus a no-card token at the
+    # same place is the embedding of " red" less the random code's "none", each at 1/√3
+    d = f([(k, 2, 3)])[0] - f([(0, 2, 3)])[0]
+    expected = (embed[red].detach() - p.map[:, 0] * 3 ** 0.5) / 3 ** 0.5
+    assert torch.allclose(d, expected.to(d.dtype), atol=1e-5)
+    assert torch.allclose(f([(0, 2, 3)]), p([(0, 2, 3)]))
+    # read live: training the embedding moves the features with it
+    with torch.no_grad():
+        embed[red] += 1.0
+    try:
+        assert torch.allclose(f([(k, 2, 3)])[0] - d - f([(0, 2, 3)])[0], torch.full_like(d, 3 ** -0.5), atol=1e-5)
+    finally:
+        with torch.no_grad():
+            embed[red] -= 1.0
+
+
+def test_question_first_moves_the_image_after_the_text_and_keeps_the_rest():
+    base, cls, slots = scene_items(5, LookupConfig("m", cards=3))
+    moved, cls2, slots2 = scene_items(5, LookupConfig("m", cards=3, question_first=True))
+    assert (cls, slots) == (cls2, slots2)
+    for a, b in zip(base, moved):
+        assert a.prompt.startswith("<image>") and b.prompt.endswith("<image>") and b.prompt.count("<image>") == 1
+        assert b.prompt == a.prompt[len("<image>"):] + "<image>" and a.target == b.target
+
+
 def test_clean_features_are_the_towers_least_squares_sum(tiny_loaded):
     import torch
 

@@ -30,12 +30,12 @@ import json
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from mgpo.playground.world import Budgets
 
-FEATURES = ("perfect", "clean", "tower")
+FEATURES = ("perfect", "aligned", "clean", "tower")
 
 
 @dataclass
@@ -53,6 +53,7 @@ class LookupConfig:
     seed: int = 0
     clutter: float = 0.7                # share of cluttered scenes (tower: the rest are plain)
     label_first: bool = False           # the reply names the card before its box
+    question_first: bool = False        # the prompt's text before the image (not MGPO's order): a diagnostic
     fit_scenes: int = 200               # clean: scenes the tower's additive model is fitted on
 
     def check(self) -> None:
@@ -93,7 +94,7 @@ def scene_items(seed: int, cfg: LookupConfig):
     budgets = Budgets.for_overview(cfg.overview)
     rng = random.Random(f"lookup:{seed}")
     clutter = 1.0 if rng.random() < cfg.clutter else 0.0
-    if cfg.features != "perfect":
+    if cfg.features not in ("perfect", "aligned"):
         scene = make_scene(seed, budgets=budgets, clutter=clutter, n_cards=(cfg.cards, cfg.cards))
         overview = None
     else:
@@ -103,6 +104,8 @@ def scene_items(seed: int, cfg: LookupConfig):
         scene = Scene(blank[0], "", [], "", card.box, "", "", seed, layout)
         overview = blank[1]
     examples = ground_examples(scene, budgets, "refer", rng, cfg.label_first, overview)
+    if cfg.question_first:       # the image's tokens then see the asked name: the look-up is one hop
+        examples = [replace(ex, prompt=ex.prompt.replace("<image>", "") + "<image>") for ex in examples]
     frame = (budgets.overview, budgets.overview)
     classes = list(zip(*token_targets(scene, frame)))          # (colour class, row, column) per token
     w, h = (examples[0].meta["box_model"][2] - examples[0].meta["box_model"][0],
@@ -130,8 +133,21 @@ class PerfectFeatures:
     into the language model's width — a random orthonormal one as large as a token embedding
     (:meth:`random`), or the additive model of the tower's own features (:meth:`fitted`)."""
 
-    def __init__(self, mapping, n_col: int, side: int):
+    def __init__(self, mapping, n_col: int, side: int, words=None):
         self.map, self.n_col, self.side = mapping, n_col, side       # (hidden, n_col + 2·side)
+        self.words = words       # aligned: (embedding, token ids of the colour words), the colour part read live
+
+    @classmethod
+    def aligned(cls, core, tokenizer, side: int, seed: int = 0) -> "PerfectFeatures":
+        """As :meth:`random`, but a card's colour is said with its colour word's own input
+        embedding (" red", as the prompt writes it), read live as training moves it: features
+        aligned with the words, as a VLM's projector learns them from captions."""
+        from mgpo.playground.world import COLOURS
+
+        out = cls.random(core, side, seed)
+        ids = [tokenizer(" " + name, add_special_tokens=False)["input_ids"][0] for name in sorted(COLOURS)]
+        out.words = (core.get_input_embeddings(), ids)
+        return out
 
     @classmethod
     def random(cls, core, side: int, seed: int = 0) -> "PerfectFeatures":
@@ -183,7 +199,15 @@ class PerfectFeatures:
         return out
 
     def __call__(self, classes) -> "torch.Tensor":
-        return self.onehot(classes, self.map.device, self.map.dtype) @ self.map.T
+        onehot = self.onehot(classes, self.map.device, self.map.dtype)
+        if self.words is None:
+            return onehot @ self.map.T
+        import torch
+
+        embed, ids = self.words
+        colours = embed.weight[torch.tensor(ids, device=self.map.device)].detach().to(self.map.dtype) / 3 ** 0.5
+        mapping = torch.cat([self.map[:, :1], colours.T, self.map[:, self.n_col:]], 1)
+        return onehot @ mapping.T
 
 
 def _patched_forward(core, features):
@@ -281,6 +305,7 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
     side = Budgets.for_overview(cfg.overview).overview // 28
     train_lo, train_hi = SPLITS["skills"]
     perfect = (PerfectFeatures.random(core, side, cfg.seed) if cfg.features == "perfect" else
+               PerfectFeatures.aligned(core, backend.tok, side, cfg.seed) if cfg.features == "aligned" else
                PerfectFeatures.fitted(backend, cfg, range(train_lo + 590_000, train_lo + 590_000 + cfg.fit_scenes))
                if cfg.features == "clean" else None)
     val_lo, _ = SPLITS["val"]
@@ -356,10 +381,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="train a random language model of this size instead of the base's")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--label-first", action="store_true", help="replies name the card before its box")
+    p.add_argument("--question-first", action="store_true",
+                   help="a diagnostic: the prompt's text before the image, so the image's tokens see the asked name")
     p.add_argument("--out", type=Path, default=None, help="write the log here (JSON lines)")
     a = p.parse_args(argv)
     cfg = LookupConfig(a.model, a.features, a.cards, a.overview, a.steps, a.batch, a.lr, a.eval_every,
-                       a.eval_scenes, a.fresh, a.seed, label_first=a.label_first)
+                       a.eval_scenes, a.fresh, a.seed, label_first=a.label_first,
+                       question_first=a.question_first)
     try:
         cfg.check()
     except ValueError as e:

@@ -96,11 +96,18 @@ def test_aligned_features_say_a_cards_colour_with_its_colour_words_live_embeddin
 
 def test_question_first_moves_the_image_after_the_text_and_keeps_the_rest():
     base, cls, slots = scene_items(5, LookupConfig("m", cards=3))
-    moved, cls2, slots2 = scene_items(5, LookupConfig("m", cards=3, question_first=True))
+    moved, cls2, slots2 = scene_items(5, LookupConfig("m", cards=3, question_first=1.0), held_out=True)
     assert (cls, slots) == (cls2, slots2)
     for a, b in zip(base, moved):
         assert a.prompt.startswith("<image>") and b.prompt.endswith("<image>") and b.prompt.count("<image>") == 1
         assert b.prompt == a.prompt[len("<image>"):] + "<image>" and a.target == b.target
+    # a share mixes the training scenes, whole scenes at a time; VAL then asks in MGPO's order
+    mixed = LookupConfig("m", cards=2, question_first=0.5)
+    firsts = [[e.prompt.endswith("<image>") for e in scene_items(s, mixed)[0]] for s in range(40)]
+    assert all(len(set(f)) == 1 for f in firsts) and 10 <= sum(f[0] for f in firsts) <= 30
+    assert not any(e.prompt.endswith("<image>") for s in range(10) for e in scene_items(s, mixed, held_out=True)[0])
+    with pytest.raises(ValueError, match="share"):
+        LookupConfig("m", question_first=1.5).check()
 
 
 def test_clean_features_are_the_towers_least_squares_sum(tiny_loaded):

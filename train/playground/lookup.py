@@ -53,7 +53,8 @@ class LookupConfig:
     seed: int = 0
     clutter: float = 0.7                # share of cluttered scenes (tower: the rest are plain)
     label_first: bool = False           # the reply names the card before its box
-    question_first: bool = False        # the prompt's text before the image (not MGPO's order): a diagnostic
+    question_first: float = 0.0         # share of training scenes asked text first, image after (not MGPO's
+                                        # order); VAL asks image first unless it is 1 (a diagnostic)
     fit_scenes: int = 200               # clean: scenes the tower's additive model is fitted on
 
     def check(self) -> None:
@@ -64,6 +65,8 @@ class LookupConfig:
 
         if not 1 <= self.cards <= len(COLOURS):
             problems.append(f"cards must be 1 to {len(COLOURS)} (one colour each)")
+        if not 0 <= self.question_first <= 1:
+            problems.append("question_first must be a share, 0 to 1")
         if self.batch < 1 or self.steps < 1 or self.eval_scenes < 1 or self.eval_every < 1:
             problems.append("batch, steps, eval_every and eval_scenes must be ≥ 1")
         if self.fresh and not _fresh_shape(self.fresh):
@@ -80,7 +83,7 @@ def _fresh_shape(text: str) -> tuple[int, int] | None:
     return (hidden, layers) if hidden > 0 and hidden % 8 == 0 and layers > 0 else None
 
 
-def scene_items(seed: int, cfg: LookupConfig):
+def scene_items(seed: int, cfg: LookupConfig, held_out: bool = False):
     """(examples, per-token classes, (slots, cards)) for one scene of ``cfg.cards`` cards: one
     referring grounding example per card (the recipe's ``refer`` wordings); per merged overview
     token in raster order, (colour class, row, column); the overview box of every board slot a card
@@ -104,7 +107,9 @@ def scene_items(seed: int, cfg: LookupConfig):
         scene = Scene(blank[0], "", [], "", card.box, "", "", seed, layout)
         overview = blank[1]
     examples = ground_examples(scene, budgets, "refer", rng, cfg.label_first, overview)
-    if cfg.question_first:       # the image's tokens then see the asked name: the look-up is one hop
+    share = float(cfg.question_first >= 1) if held_out else cfg.question_first
+    if share and random.Random(f"lookup-order:{seed}").random() < share:
+        # the image's tokens then see the asked name: the look-up is one hop
         examples = [replace(ex, prompt=ex.prompt.replace("<image>", "") + "<image>") for ex in examples]
     frame = (budgets.overview, budgets.overview)
     classes = list(zip(*token_targets(scene, frame)))          # (colour class, row, column) per token
@@ -309,7 +314,7 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
                PerfectFeatures.fitted(backend, cfg, range(train_lo + 590_000, train_lo + 590_000 + cfg.fit_scenes))
                if cfg.features == "clean" else None)
     val_lo, _ = SPLITS["val"]
-    val = [scene_items(val_lo + i, cfg) for i in range(cfg.eval_scenes)]
+    val = [scene_items(val_lo + i, cfg, held_out=True) for i in range(cfg.eval_scenes)]
     seeds = iter(range(train_lo + 600_000, train_hi))        # a part of the skills range no recipe phase reads
     core.requires_grad_(True)
     core.model.visual.requires_grad_(False)
@@ -381,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="train a random language model of this size instead of the base's")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--label-first", action="store_true", help="replies name the card before its box")
-    p.add_argument("--question-first", action="store_true",
-                   help="a diagnostic: the prompt's text before the image, so the image's tokens see the asked name")
+    p.add_argument("--question-first", type=float, default=d.question_first, metavar="SHARE",
+                   help="a diagnostic: this share of training scenes puts the prompt's text before the image, so "
+                        "the image's tokens see the asked name; VAL asks image first unless SHARE is 1")
     p.add_argument("--out", type=Path, default=None, help="write the log here (JSON lines)")
     a = p.parse_args(argv)
     cfg = LookupConfig(a.model, a.features, a.cards, a.overview, a.steps, a.batch, a.lr, a.eval_every,

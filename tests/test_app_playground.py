@@ -228,7 +228,7 @@ def test_playground_run_streams_the_box_the_crop_the_answer_and_the_iou(scripted
     assert status.startswith("Done in ") and "Checkpoint **before RL** (step 0)" in status
     right = scene.choices["ABCD".index(scene.answer)]
     assert answer == f"{scene.answer} — {right}"
-    assert result.startswith(f"✅ **Right**: the model answered **{scene.answer} — {right}**.")
+    assert result.startswith(f"✓ **Right**: the model answered **{scene.answer} — {right}**.")
     iou = float(result.split("IoU of its box with the hidden ")[1].split("**")[1])
     assert iou > 0.9                                              # the scripted box is the card's
     assert len(crops) == 1 and crops[0]["caption"].startswith("turn 2: ")
@@ -253,7 +253,7 @@ def test_playground_run_says_wrong_and_no_usable_box(scripted_playground):
     status, _, _, boxes, crops, answer, result = client.predict(SEED, "before RL", api_name="/playground_run")
     assert status.startswith("Done in ") and crops == []
     wrong = "ABCD"[("ABCD".index(scene.answer) + 1) % 4]
-    assert result.startswith(f"❌ **Wrong**: the model answered {wrong} — {scene.choices['ABCD'.index(wrong)]}; "
+    assert result.startswith(f"✗ **Wrong**: the model answered {wrong} — {scene.choices['ABCD'.index(wrong)]}; "
                              f"the answer is **{scene.answer} — ")
     assert "No usable box (" in result and "so no IoU" in result
     # bad seeds and checkpoints get a message, not a traceback
@@ -303,7 +303,7 @@ def test_switching_checkpoints_switches_the_adapter(fake_release):
             status, _, chat, boxes, crops, answer, result = client.predict(SEED, name, api_name="/playground_run")
             letters[name] = answer.partition(" — ")[0] if " — " in answer else "—"   # "—": no answer given
             assert status.startswith("Done in ") and f"Checkpoint **{name}**" in status
-            assert answer and result.startswith(("✅", "❌")) and Path(boxes).is_file()
+            assert answer and result.startswith(("✓", "✗")) and Path(boxes).is_file()
             texts.setdefault(name, chat[1]["content"][0]["text"])
             assert chat[1]["content"][0]["text"] == texts[name]     # greedy: the same checkpoint, the same text
             states.setdefault(name, hidden())
@@ -320,7 +320,7 @@ def test_switching_checkpoints_switches_the_adapter(fake_release):
         rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
         assert [r[0] for r in rows[1:]] == ["before RL", "early", "late"]
         assert {r[0]: r[4] for r in rows[1:]} == letters
-        assert all(r[5] in ("✅ right", "❌ wrong") for r in rows[1:]) and rows[0][5] == "right?"
+        assert all(r[5] in ("✓ right", "✗ wrong") for r in rows[1:]) and rows[0][5] == "right?"
         assert len(gallery) <= 3 and all(c["caption"].split(" (step")[0] in letters for c in gallery)
     finally:
         demo.close()

@@ -223,7 +223,7 @@ def test_playground_tab_runs_a_checkpoint_on_a_new_scene(page, playground_url):
     assert "Checkpoint early (step 10)" in page.locator("#pg-status").inner_text()
     assert page.locator("#pg-answer textarea").input_value() != ""
     result = page.locator("#pg-result").inner_text()
-    assert result.startswith(("✅ Right", "❌ Wrong")) and "the answer is" in result or "Right" in result
+    assert result.startswith(("✓ Right", "✗ Wrong")) and "the answer is" in result or "Right" in result
     boxes = page.locator("#pg-boxes img").first
     boxes.wait_for()
     assert boxes.evaluate("img => img.complete && img.naturalWidth") == 1024   # the truth-vs-model drawing
@@ -259,7 +259,7 @@ def test_app_py_offline_opens_on_the_shipped_playground_and_it_answers(page, tmp
         letter, _, choice = answer.partition(" — ")
         assert letter in ("A", "B", "C", "D")
         assert choice == ("horizontal", "vertical", "rising diagonal", "falling diagonal")["ABCD".index(letter)]
-        assert page.locator("#pg-result").inner_text().startswith(("✅ Right", "❌ Wrong"))
+        assert page.locator("#pg-result").inner_text().startswith(("✓ Right", "✗ Wrong"))
         boxes = page.locator("#pg-boxes img").first
         boxes.wait_for()
         assert boxes.evaluate("img => img.complete && img.naturalWidth") == 1024

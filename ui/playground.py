@@ -70,11 +70,11 @@ def verdict_line(scene, view: Transcript) -> tuple[str, tuple | None]:
     v = verdict(scene, view.runs["mgpo"].final if "mgpo" in view.runs else None,
                 [e for run, e, _ in view.boxes if run == "mgpo"])
     if v.right:
-        line = f"✅ **Right**: the model answered **{v.truth}**."
+        line = f"✓ **Right**: the model answered **{v.truth}**."
     elif v.letter:
-        line = f"❌ **Wrong**: the model answered {view.answer('mgpo')}; the answer is **{v.truth}**."
+        line = f"✗ **Wrong**: the model answered {view.answer('mgpo')}; the answer is **{v.truth}**."
     else:
-        line = f"❌ **Wrong**: the model gave no choice letter; the answer is **{v.truth}**."
+        line = f"✗ **Wrong**: the model gave no choice letter; the answer is **{v.truth}**."
     if v.box is not None:
         line += f" IoU of its box with the hidden {scene.name}: **{v.iou:.2f}**."
     else:
@@ -212,7 +212,7 @@ def compare_table(scene, runs) -> str:
         colour = "#%02x%02x%02x" % checkpoint_colour(k)
         box = f"{v.iou:.2f}" if v.box is not None else f"no usable box ({v.no_box_reason})"
         lines.append(f"| {r.name} | <span style='color:{colour}'>■■</span> | {r.step} | {box} | "
-                     f"{v.letter or (r.answer or '—')} | {'✅ right' if v.right else '❌ wrong'} |")
+                     f"{v.letter or (r.answer or '—')} | {'✓ right' if v.right else '✗ wrong'} |")
     return "\n".join(lines)
 
 

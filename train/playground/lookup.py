@@ -9,7 +9,14 @@ prompts, positions and loss — with the overview's image features either
 - ``perfect``: made from the layout, per merged token a one-hot of the card colour under it
   (or none), of its row and of its column, through a fixed random orthonormal map, as large as
   a token embedding: everything a vision tower could say, and nothing else;
+- ``aligned``: as ``perfect``, but the colour said with the colour word's own input embedding,
+  as a projector trained on captions would say it;
+- ``clean``: the tower's own features fitted as a colour + row + column sum (least squares),
+  the noise-free share of what the tower says;
 - ``tower``: the base's own (frozen) vision tower on the rendered overview.
+
+``question_first`` puts the prompt's text before the image (not MGPO's order), so the image's
+tokens see the asked name: the diagnostic that tells the two-hop look-up from the match.
 
 Held-out, it scores the look-up itself: for each card of a VAL scene, the reply boxing each slot
 of the board (the asked name as label) is scored by the model. ``card``: the likeliest box is one
@@ -41,7 +48,7 @@ FEATURES = ("perfect", "aligned", "clean", "tower")
 @dataclass
 class LookupConfig:
     model: str                          # a base (a model folder: tokenizer, weights)
-    features: str = "perfect"           # perfect | clean | tower
+    features: str = "perfect"           # perfect | aligned | clean | tower
     cards: int = 3                      # cards per scene, each of its own colour
     overview: int = 280                 # the world's geometry (224 | 280)
     steps: int = 600
@@ -136,7 +143,8 @@ def _blank(size: int, overview: int):
 class PerfectFeatures:
     """Image features made from per-token classes: one-hots of (colour, row, column) through a map
     into the language model's width — a random orthonormal one as large as a token embedding
-    (:meth:`random`), or the additive model of the tower's own features (:meth:`fitted`)."""
+    (:meth:`random`), the same with the colour words' own embeddings for the colours
+    (:meth:`aligned`), or the additive model of the tower's own features (:meth:`fitted`)."""
 
     def __init__(self, mapping, n_col: int, side: int, words=None):
         self.map, self.n_col, self.side = mapping, n_col, side       # (hidden, n_col + 2·side)
@@ -373,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="a base model folder (its tokenizer; its weights unless --fresh)")
     d = LookupConfig("")
     p.add_argument("--features", choices=FEATURES, default=d.features,
-                   help="perfect: one-hots from the layout; clean: the tower's colour + row + column least-squares "
-                        "sum; tower: the base's frozen vision tower")
+                   help="perfect: one-hots from the layout; aligned: the same, the colour said with the colour "
+                        "word's own embedding; clean: the tower's colour + row + column least-squares sum; "
+                        "tower: the base's frozen vision tower")
     p.add_argument("--cards", type=int, default=d.cards, help="cards per scene")
     p.add_argument("--overview", type=int, choices=(224, 280), default=d.overview, help="the world's geometry")
     p.add_argument("--steps", type=int, default=d.steps)

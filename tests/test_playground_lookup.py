@@ -108,6 +108,12 @@ def test_question_first_moves_the_image_after_the_text_and_keeps_the_rest():
     assert not any(e.prompt.endswith("<image>") for s in range(10) for e in scene_items(s, mixed, held_out=True)[0])
     with pytest.raises(ValueError, match="share"):
         LookupConfig("m", question_first=1.5).check()
+    # the image again after the text: two images, the same overview, the same box and classes
+    again, cls3, slots3 = scene_items(5, LookupConfig("m", cards=3, image_again=True))
+    assert (cls3, slots3) == (cls, slots)
+    for a, b in zip(base, again):
+        assert b.prompt == a.prompt + "<image>" and len(b.images) == 2 and b.images[0] is b.images[1] is a.images[0]
+        assert b.target == a.target
 
 
 def test_clean_features_are_the_towers_least_squares_sum(tiny_loaded):
@@ -179,6 +185,7 @@ def test_the_cli_refuses_bad_settings_and_trains_a_fresh_model(tiny_model_dir, t
     out = tmp_path / "fresh.jsonl"
     assert lookup.main(["--model", str(tiny_model_dir), "--fresh", "32x1", "--overview", "224", "--cards", "2",
                         "--steps", "2", "--batch", "4", "--eval-every", "2", "--eval-scenes", "2",
-                        "--out", str(out)]) == 0
+                        "--image-again", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["config"]["fresh"] == "32x1" and [r["step"] for r in rows[1:]] == [0, 2]
+    assert rows[0]["config"]["image_again"] is True        # two images a prompt, features for both

@@ -17,6 +17,8 @@ prompts, positions and loss — with the overview's image features either
 
 ``question_first`` puts the prompt's text before the image (not MGPO's order), so the image's
 tokens see the asked name: the diagnostic that tells the two-hop look-up from the match.
+``image_again`` shows the image before the text and again after it, the layout of MGPO's later
+turns, whose crop follows the question.
 
 Held-out, it scores the look-up itself: for each card of a VAL scene, the reply boxing each slot
 of the board (the asked name as label) is scored by the model. ``card``: the likeliest box is one
@@ -62,6 +64,8 @@ class LookupConfig:
     label_first: bool = False           # the reply names the card before its box
     question_first: float = 0.0         # share of training scenes asked text first, image after (not MGPO's
                                         # order); VAL asks image first unless it is 1 (a diagnostic)
+    image_again: bool = False           # the image again after the text (as MGPO's turn-2 crop follows the
+                                        # question); the box is read in either, the same frame
     fit_scenes: int = 200               # clean: scenes the tower's additive model is fitted on
 
     def check(self) -> None:
@@ -118,6 +122,8 @@ def scene_items(seed: int, cfg: LookupConfig, held_out: bool = False):
     if share and random.Random(f"lookup-order:{seed}").random() < share:
         # the image's tokens then see the asked name: the look-up is one hop
         examples = [replace(ex, prompt=ex.prompt.replace("<image>", "") + "<image>") for ex in examples]
+    if cfg.image_again:
+        examples = [replace(ex, prompt=ex.prompt + "<image>", images=list(ex.images) * 2) for ex in examples]
     frame = (budgets.overview, budgets.overview)
     classes = list(zip(*token_targets(scene, frame)))          # (colour class, row, column) per token
     w, h = (examples[0].meta["box_model"][2] - examples[0].meta["box_model"][0],
@@ -288,7 +294,8 @@ def score_lookup(backend, cfg: LookupConfig, scenes: list, perfect: PerfectFeatu
         for examples, classes, (slots, cards) in scenes:
             seqs = [example_sequence(backend, c) for row in candidates(examples, slots) for c in row]
             if perfect is not None:
-                _patched_forward(backend.core, perfect([c for _ in seqs for c in classes]))
+                shown = len(examples[0].images)                # the same overview, once or twice
+                _patched_forward(backend.core, perfect([c for _ in seqs for _ in range(shown) for c in classes]))
             _, per_row = sft_loss(backend.core, backend, seqs)
             per_row = per_row.view(len(examples), len(slots))
             n_tok = torch.tensor([sum(s.loss_mask) for s in seqs], dtype=per_row.dtype,
@@ -358,7 +365,7 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
             examples, classes = examples[:cfg.batch], classes[:cfg.batch]
             seqs = [example_sequence(backend, ex) for ex in examples]
             if perfect is not None:
-                _patched_forward(core, perfect([c for cls in classes for c in cls]))
+                _patched_forward(core, perfect([c for cls, ex in zip(classes, examples) for _ in ex.images for c in cls]))
             loss, _ = sft_loss(core, backend, seqs)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -398,11 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--question-first", type=float, default=d.question_first, metavar="SHARE",
                    help="a diagnostic: this share of training scenes puts the prompt's text before the image, so "
                         "the image's tokens see the asked name; VAL asks image first unless SHARE is 1")
+    p.add_argument("--image-again", action="store_true",
+                   help="a diagnostic: the image again after the text, as MGPO's turn-2 crop follows the question")
     p.add_argument("--out", type=Path, default=None, help="write the log here (JSON lines)")
     a = p.parse_args(argv)
     cfg = LookupConfig(a.model, a.features, a.cards, a.overview, a.steps, a.batch, a.lr, a.eval_every,
                        a.eval_scenes, a.fresh, a.seed, label_first=a.label_first,
-                       question_first=a.question_first)
+                       question_first=a.question_first, image_again=a.image_again)
     try:
         cfg.check()
     except ValueError as e:

@@ -242,6 +242,12 @@ def _patched_forward(core, features):
     model.get_image_features = get_image_features
 
 
+def _feed(core, perfect: PerfectFeatures, rows) -> None:
+    """Patch the model to take, for each (token classes, example) of ``rows`` in batch order, the
+    features of those classes once per image of the example (the overview, once or twice)."""
+    _patched_forward(core, perfect([c for classes, ex in rows for _ in ex.images for c in classes]))
+
+
 def _unpatch(core) -> None:
     core.model.__dict__.pop("get_image_features", None)
 
@@ -292,10 +298,10 @@ def score_lookup(backend, cfg: LookupConfig, scenes: list, perfect: PerfectFeatu
     losses = []
     with torch.no_grad():
         for examples, classes, (slots, cards) in scenes:
-            seqs = [example_sequence(backend, c) for row in candidates(examples, slots) for c in row]
+            asks = [c for row in candidates(examples, slots) for c in row]
+            seqs = [example_sequence(backend, c) for c in asks]
             if perfect is not None:
-                shown = len(examples[0].images)                # the same overview, once or twice
-                _patched_forward(backend.core, perfect([c for _ in seqs for _ in range(shown) for c in classes]))
+                _feed(backend.core, perfect, [(classes, ex) for ex in asks])
             _, per_row = sft_loss(backend.core, backend, seqs)
             per_row = per_row.view(len(examples), len(slots))
             n_tok = torch.tensor([sum(s.loss_mask) for s in seqs], dtype=per_row.dtype,
@@ -365,7 +371,7 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
             examples, classes = examples[:cfg.batch], classes[:cfg.batch]
             seqs = [example_sequence(backend, ex) for ex in examples]
             if perfect is not None:
-                _patched_forward(core, perfect([c for cls, ex in zip(classes, examples) for _ in ex.images for c in cls]))
+                _feed(core, perfect, zip(classes, examples))
             loss, _ = sft_loss(core, backend, seqs)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

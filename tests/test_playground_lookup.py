@@ -116,6 +116,31 @@ def test_question_first_moves_the_image_after_the_text_and_keeps_the_rest():
         assert b.target == a.target
 
 
+def test_refine_asks_in_mgpos_three_turn_middle_turn_after_a_whole_board_turn_1():
+    from mgpo.playground.world import question
+    from mgpo.prompts import get_prompts, render
+
+    prompts = get_prompts("mgpo")
+    base, cls, slots = scene_items(5, LookupConfig("m", cards=3))
+    refine, cls2, slots2 = scene_items(5, LookupConfig("m", cards=3, refine=True))
+    assert (cls2, slots2) == (cls, slots)
+    for a, b in zip(base, refine):
+        asked = question(a.meta["name"])
+        assert asked == f"Which way do the stripes on the {a.meta['name']} run?"
+        (t1_text, t1_images, t1_reply), = b.context
+        # turn 1 (context): the overview in MGPO's turn-1 template around the task question, the board's box
+        assert t1_text == render(prompts, "grounding", asked) and t1_images == (a.images[0],)
+        assert '"bbox_2d": [0, 0, 280, 280]' in t1_reply
+        # turn 2 (learned): the whole board's crop — the overview again — in the refine template → the card's box
+        assert b.prompt == render(prompts, "refine", asked) and b.prompt.index("<image>") < b.prompt.index(asked)
+        assert b.images == a.images and b.target == a.target
+        assert lookup.conversation_images(b) == [a.images[0]] * 2
+        # every candidate reply keeps the conversation
+        assert all(c.context == b.context and c.prompt == b.prompt for c in candidates([b], slots[0])[0])
+    with pytest.raises(ValueError, match="layout of its own"):
+        LookupConfig("m", refine=True, image_again=True).check()
+
+
 def test_clean_features_are_the_towers_least_squares_sum(tiny_loaded):
     import torch
 
@@ -185,7 +210,10 @@ def test_the_cli_refuses_bad_settings_and_trains_a_fresh_model(tiny_model_dir, t
     out = tmp_path / "fresh.jsonl"
     assert lookup.main(["--model", str(tiny_model_dir), "--fresh", "32x1", "--overview", "224", "--cards", "2",
                         "--steps", "2", "--batch", "4", "--eval-every", "2", "--eval-scenes", "2",
-                        "--image-again", "--out", str(out)]) == 0
+                        "--image-again", "--score-refine", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["config"]["fresh"] == "32x1" and [r["step"] for r in rows[1:]] == [0, 2]
     assert rows[0]["config"]["image_again"] is True        # two images a prompt, features for both
+    # VAL scored in the three-turn middle turn as well: its own scores beside the training layout's
+    assert all(r["n_refine"] == r["n"] == 4 and 0.0 <= r["lookup_refine"] <= r["card_refine"] <= 1.0 for r in rows[1:])
+    assert all(r["loss_refine"] != r["loss"] for r in rows[1:])

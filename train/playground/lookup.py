@@ -18,7 +18,12 @@ prompts, positions and loss — with the overview's image features either
 ``question_first`` puts the prompt's text before the image (not MGPO's order), so the image's
 tokens see the asked name: the diagnostic that tells the two-hop look-up from the match.
 ``image_again`` shows the image before the text and again after it, the layout of MGPO's later
-turns, whose crop follows the question.
+turns, whose crop follows the question. ``refine`` asks in MGPO's own three-turn middle turn: turn
+1 (context, never learned) the overview in MGPO's turn-1 template around the task question naming
+the card, answered with the whole board's box; turn 2 that box's crop (the whole board: the
+overview again) in the refine template → the named card's box. ``score_refine`` scores VAL in that
+layout too, whatever the training layout: does a look-up learned in another wording carry over to
+the turn a three-turn MGPO would ground the card in?
 
 Held-out, it scores the look-up itself: for each card of a VAL scene, the reply boxing each slot
 of the board (the asked name as label) is scored by the model. ``card``: the likeliest box is one
@@ -66,6 +71,8 @@ class LookupConfig:
                                         # order); VAL asks image first unless it is 1 (a diagnostic)
     image_again: bool = False           # the image again after the text (as MGPO's turn-2 crop follows the
                                         # question); the box is read in either, the same frame
+    refine: bool = False                # ask in MGPO's three-turn middle turn (turn 1, the board's box, as context)
+    score_refine: bool = False          # VAL also asked in that layout (scores suffixed _refine)
     fit_scenes: int = 200               # clean: scenes the tower's additive model is fitted on
 
     def check(self) -> None:
@@ -82,6 +89,8 @@ class LookupConfig:
             problems.append("batch, steps, eval_every and eval_scenes must be ≥ 1")
         if self.fresh and not _fresh_shape(self.fresh):
             problems.append(f"fresh must read HIDDENxLAYERS (e.g. 512x8), not {self.fresh!r}")
+        if self.refine and (self.image_again or self.question_first):
+            problems.append("refine is a layout of its own: not with image_again or question_first")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -124,6 +133,8 @@ def scene_items(seed: int, cfg: LookupConfig, held_out: bool = False):
         examples = [replace(ex, prompt=ex.prompt.replace("<image>", "") + "<image>") for ex in examples]
     if cfg.image_again:
         examples = [replace(ex, prompt=ex.prompt + "<image>", images=list(ex.images) * 2) for ex in examples]
+    if cfg.refine:
+        examples = [_as_refine(ex) for ex in examples]
     frame = (budgets.overview, budgets.overview)
     classes = list(zip(*token_targets(scene, frame)))          # (colour class, row, column) per token
     w, h = (examples[0].meta["box_model"][2] - examples[0].meta["box_model"][0],
@@ -133,6 +144,27 @@ def scene_items(seed: int, cfg: LookupConfig, held_out: bool = False):
     slots = [(c * pitch, r * pitch, c * pitch + w, r * pitch + h) for r in range(grid) for c in range(grid)]
     cards = [slots.index(tuple(ex.meta["box_model"])) for ex in examples]
     return examples, classes, (slots, cards)
+
+
+def _as_refine(ex):
+    """``ex`` as the middle turn of a three-turn MGPO conversation: turn 1, in context, the
+    overview in MGPO's turn-1 template around the task question naming the card, answered with
+    the whole board's box; then that box's crop — the whole board, fed as the overview was, so the
+    same image and frame — in the refine template around the same question, → the card's box."""
+    from mgpo.playground.skill_examples import bbox_json
+    from mgpo.playground.world import question
+    from mgpo.prompts import get_prompts, render
+
+    prompts = get_prompts("mgpo")
+    asked = question(ex.meta["name"])
+    w, h = ex.meta["frame"]
+    turn1 = (render(prompts, "grounding", asked), tuple(ex.images), bbox_json((0, 0, w, h), "board"))
+    return replace(ex, prompt=render(prompts, "refine", asked), context=(turn1,))
+
+
+def conversation_images(ex) -> list:
+    """Every image of an example's conversation, in order: its context's, then its own."""
+    return [image for _, images, _ in ex.context for image in images] + list(ex.images)
 
 
 @functools.lru_cache(maxsize=4)
@@ -244,8 +276,9 @@ def _patched_forward(core, features):
 
 def _feed(core, perfect: PerfectFeatures, rows) -> None:
     """Patch the model to take, for each (token classes, example) of ``rows`` in batch order, the
-    features of those classes once per image of the example (the overview, once or twice)."""
-    _patched_forward(core, perfect([c for classes, ex in rows for _ in ex.images for c in classes]))
+    features of those classes once per image of the example's conversation (the overview, once
+    or twice)."""
+    _patched_forward(core, perfect([c for classes, ex in rows for _ in conversation_images(ex) for c in classes]))
 
 
 def _unpatch(core) -> None:
@@ -281,8 +314,7 @@ def candidates(examples, boxes) -> list:
     out = []
     for ex in examples:
         first = ex.target.index('"label"') < ex.target.index('"bbox_2d"')
-        out.append([type(ex)(ex.skill, ex.prompt, ex.images, bbox_json(box, ex.meta["name"], first), ex.meta)
-                    for box in boxes])
+        out.append([replace(ex, target=bbox_json(box, ex.meta["name"], first)) for box in boxes])
     return out
 
 
@@ -336,6 +368,8 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
                if cfg.features == "clean" else None)
     val_lo, _ = SPLITS["val"]
     val = [scene_items(val_lo + i, cfg, held_out=True) for i in range(cfg.eval_scenes)]
+    refine = replace(cfg, question_first=0.0, image_again=False, refine=True)
+    val_refine = [scene_items(val_lo + i, refine, held_out=True) for i in range(cfg.eval_scenes)] if cfg.score_refine else []
     seeds = iter(range(train_lo + 600_000, train_hi))        # a part of the skills range no recipe phase reads
     core.requires_grad_(True)
     core.model.visual.requires_grad_(False)
@@ -349,6 +383,7 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
     def evaluate(step: int, train_loss: float | None) -> None:
         core.eval()
         row = {"step": step, "train_loss": train_loss, **score_lookup(backend, cfg, val, perfect),
+               **{f"{k}_refine": v for k, v in (score_lookup(backend, cfg, val_refine, perfect) if val_refine else {}).items()},
                "seconds": round(time.perf_counter() - t0, 1)}
         core.train()
         log.append(row)
@@ -413,11 +448,17 @@ def main(argv: list[str] | None = None) -> int:
                         "the image's tokens see the asked name; VAL asks image first unless SHARE is 1")
     p.add_argument("--image-again", action="store_true",
                    help="a diagnostic: the image again after the text, as MGPO's turn-2 crop follows the question")
+    p.add_argument("--refine", action="store_true",
+                   help="a diagnostic: ask in MGPO's three-turn middle turn (turn 1 boxed the whole board; its crop "
+                        "follows the question)")
+    p.add_argument("--score-refine", action="store_true",
+                   help="also score VAL in that middle turn, whatever the training layout (keys *_refine)")
     p.add_argument("--out", type=Path, default=None, help="write the log here (JSON lines)")
     a = p.parse_args(argv)
     cfg = LookupConfig(a.model, a.features, a.cards, a.overview, a.steps, a.batch, a.lr, a.eval_every,
                        a.eval_scenes, a.fresh, a.seed, label_first=a.label_first,
-                       question_first=a.question_first, image_again=a.image_again)
+                       question_first=a.question_first, image_again=a.image_again, refine=a.refine,
+                       score_refine=a.score_refine)
     try:
         cfg.check()
     except ValueError as e:

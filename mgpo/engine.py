@@ -132,6 +132,11 @@ class Rollout:
     def valid_box(self) -> bool:
         return bool(self.boxes) and self.boxes[0].valid
 
+    @property
+    def answer_box(self) -> BoxPredicted | None:
+        """The last valid box: the one whose crop the final answer read (two turns: turn 1's)."""
+        return next((b for b in reversed(self.boxes) if b.valid), None)
+
 
 @dataclass
 class _Sample:

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choices", nargs="*", default=None, help="answer choices (A, B, … in order)")
     p.add_argument("--mode", choices=["mgpo", "direct"], default="mgpo",
                    help="mgpo: ground, crop, answer; direct: the single-turn baseline")
-    p.add_argument("--max-turns", type=int, default=2)
+    p.add_argument("--max-turns", type=int, default=None, help="MGPO turns: 2 = the paper's, 3 = one look inside the "
+                   "crop first (default: a release's own, else 2)")
     p.add_argument("--box-rule", choices=list(geometry.BOX_RULES), default="paper")
     p.add_argument("--checkpoint", default=None,
                    help="with --model set to a playground release folder: which of its checkpoints (default: its own)")
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=err)
         return 2
     config = EngineConfig(
-        max_turns=args.max_turns, min_pixels=args.min_pixels or geometry.MIN_PIXELS,
+        max_turns=args.max_turns or 2, min_pixels=args.min_pixels or geometry.MIN_PIXELS,
         max_pixels=args.max_pixels or geometry.MAX_PIXELS, box_rule=args.box_rule,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
     )

@@ -78,8 +78,8 @@ class PlaygroundModel:
 
     def __init__(self, release: Release, engine: Engine | None = None, gpu=None):
         self.release = release                  # ``engine``: a prepared one (tests); else loaded on first use
-        # greedy, two turns, in the pixel budgets of the world the release was trained in
-        self.settings = Settings(max_turns=2, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS,
+        # greedy, the release's own turns, in the pixel budgets of the world it was trained in
+        self.settings = Settings(max_turns=release.max_turns, temperature=0.0, max_new_tokens=MAX_NEW_TOKENS,
                                  **release.budgets().engine())
         self.gpu = gpu
         self._runner = Runner(engine, policy=self.POLICY, gpu=gpu) if engine is not None else None
@@ -91,7 +91,7 @@ class PlaygroundModel:
     def scene(self, seed: int):
         """The playground scene of ``seed`` in the release's world (cached: a page shows and then
         runs the same one)."""
-        return scene(seed, self.release.overview)
+        return scene(seed, self.release.overview, self.release.cards)
 
     @property
     def runner(self) -> Runner:
@@ -115,8 +115,8 @@ class PlaygroundModel:
                     continue
                 if e.type == "box":
                     boxes.append(e)
-                elif e.type == "crop" and crop is None:
-                    crop = e.image
+                elif e.type == "crop":
+                    crop = e.image           # the last: the crop the answer read
                 elif e.type == "final":
                     final = e
             yield CheckpointRun(c.name, c.step, verdict(scene, final, boxes), crop,
@@ -147,9 +147,10 @@ def load_playground(folder: str | None, default: str | Path | None = None) -> Re
 
 
 @lru_cache(maxsize=4)
-def scene(seed: int, overview: int = 224):
-    """The playground scene of ``seed`` in the world drawn for an ``overview``² first turn (cached)."""
-    return make_scene(seed, budgets=Budgets.for_overview(overview))
+def scene(seed: int, overview: int = 224, cards: int = 1):
+    """The playground scene of ``seed`` in the world drawn for an ``overview``² first turn, with
+    ``cards`` cards (cached)."""
+    return make_scene(seed, budgets=Budgets.for_overview(overview), n_cards=(cards, cards))
 
 
 def parse_seed(value) -> int:
@@ -165,13 +166,13 @@ def parse_seed(value) -> int:
 
 @dataclass
 class Verdict:
-    """How a playground run did: the answer against the scene's, and its first valid box against
+    """How a playground run did: the answer against the scene's, and its answer's box (the last valid one) against
     the hidden box of the target card (analysis only, never shown to the model)."""
 
     right: bool
     letter: str | None          # the model's choice letter, None without one
     truth: str                  # "D — falling diagonal"
-    box: tuple | None           # the first valid box, (x1, y1, x2, y2) in original pixels
+    box: tuple | None           # the answer's box (the last valid one), (x1, y1, x2, y2) in original pixels
     iou: float | None           # its IoU with the hidden box; None without a valid box
     no_box_reason: str          # why there is no valid box ("" with one)
 
@@ -189,9 +190,10 @@ class CheckpointRun:
 
 def verdict(scene, final, boxes) -> Verdict:
     """``final``: the run's :class:`~mgpo.events.FinalAnswer` (or None); ``boxes``: its
-    :class:`~mgpo.events.BoxPredicted` events in order."""
+    :class:`~mgpo.events.BoxPredicted` events in order. The box judged is the answer's: the last
+    valid one, whose crop the answer read (with two turns, the only one)."""
     truth = f"{scene.answer} — {scene.choices[LETTERS.index(scene.answer)]}"
     letter = final.letter if final is not None else None
-    box = next((e.box_original for e in boxes if e.valid), None)
+    box = next((e.box_original for e in reversed(boxes) if e.valid), None)
     reason = "" if box is not None else (boxes[0].reason if boxes else "none given")
     return Verdict(letter == scene.answer, letter, truth, box, iou(box, scene.box) if box else None, reason)

@@ -12,6 +12,7 @@ from pathlib import Path
 CURVES = [  # (key, title) drawn in curves.png, in this order
     ("reward", "mean reward"), ("accuracy", "accuracy"), ("valid_box", "valid-box ratio"),
     ("iou", "IoU with the hidden box (analysis)"), ("hit", "boxes on the target, IoU ≥ 0.5 (analysis)"),
+    ("wrong_card", "boxes on another card (analysis)"),
     ("crop_area", "mean crop area / image"), ("kl", "KL to base (k3)"), ("entropy", "entropy"),
     ("clip_frac", "clip fraction"), ("grad_norm", "grad norm"), ("turn1_tokens", "turn-1 tokens"),
     ("final_tokens", "final-turn tokens"), ("step_seconds", "step time (s)"), ("tokens_per_s", "train tokens/s"),

@@ -16,13 +16,17 @@ from mgpo.transcript import Transcript
 from .common import follow, warn
 
 PLAYGROUND_INTRO = (
-    "A generated world where the answer needs the zoom: each {scene}×{scene} scene hides one small coloured card in "
-    "clutter, and the question asks which way the fine stripes on its label run. In turn 1 the model sees a "
-    "{overview}×{overview} overview: the card is easy to find, but its stripes blur to a flat grey square; in the crop of the "
-    "card they are plain to see. The model is a small Qwen2.5-VL trained here from random weights: base skills "
-    "first, then MGPO RL with the answer reward alone. {base} **Compare checkpoints** runs every checkpoint on "
-    "the scene side by side. The card's true place (green, dashed) is shown after the run."
+    "A generated world where the answer needs the zoom: each {scene}×{scene} scene hides {world} In turn 1 the "
+    "model sees a {overview}×{overview} overview: a card is easy to find, but its stripes blur to a flat grey square; in "
+    "the crop of the card they are plain to see.{turns} The model is a small Qwen2.5-VL trained here from random "
+    "weights: base skills first, then MGPO RL with the answer reward alone. {base} **Compare checkpoints** runs every "
+    "checkpoint on the scene side by side. The asked card's true place (green, dashed) is shown after the run."
 )
+WORLD_ONE_CARD = "one small coloured card in clutter, and the question asks which way the fine stripes on its label run."
+WORLD_CARDS = ("{cards} small cards of different colours in clutter, each with its own stripes; the question names "
+               "one and asks which way the fine stripes on its label run, so where to look depends on the question.")
+THREE_TURNS = (" This release takes three turns: it boxes a region of the overview, then the card inside that "
+               "region's enlarged crop, then answers from the card's crop.")
 BASE_TAUGHT_TURN1 = (
     "Its base was taught to find cards by name and to read close-ups — and also to box the card under MGPO's "
     "own turn-1 prompt (around other questions about the card), so RL here refines where it looks more than it "
@@ -58,6 +62,13 @@ def base_note(release: Release) -> str:
     return BASE_UNKNOWN
 
 
+def intro(release: Release) -> str:
+    """The tab's opening paragraph for ``release``: its world (cards a scene), its turns, its base."""
+    world = WORLD_ONE_CARD if release.cards == 1 else WORLD_CARDS.format(cards=release.cards)
+    return PLAYGROUND_INTRO.format(base=base_note(release), scene=release.budgets().scene, world=world,
+                                   overview=release.overview, turns=THREE_TURNS if release.max_turns == 3 else "")
+
+
 def _scene_markdown(scene) -> str:
     """The question and its choices; the answer stays hidden until a run ends."""
     note = SPLIT_NOTES.get(split_of(scene.seed), "outside every seed split")
@@ -66,7 +77,7 @@ def _scene_markdown(scene) -> str:
 
 
 def verdict_line(scene, view: Transcript) -> tuple[str, tuple | None]:
-    """The result line of a playground run and its first valid box (original pixels) or None."""
+    """The result line of a playground run and the box its answer read (original pixels) or None."""
     v = verdict(scene, view.runs["mgpo"].final if "mgpo" in view.runs else None,
                 [e for run, e, _ in view.boxes if run == "mgpo"])
     if v.right:
@@ -91,8 +102,7 @@ def playground_tab(pg: PlaygroundModel | ReleaseError, concurrency: int, update_
     first = split_seeds("test", 1)[0]
     lo, hi = SPLITS["test"]
     skip = gr.skip()
-    gr.Markdown(PLAYGROUND_INTRO.format(base=base_note(release), scene=release.budgets().scene,
-                                        overview=release.overview), elem_id="pg-intro")
+    gr.Markdown(intro(release), elem_id="pg-intro")
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=340):
             with gr.Row():

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model set to a playground release folder: which of its checkpoints (default: its own)")
     p.add_argument("--mode", default=d.mode, choices=("mgpo", "direct"),
                    help="mgpo = multi-turn grounding; direct = the single-turn baseline prompt")
-    p.add_argument("--max-turns", type=int, default=d.engine.max_turns, help="mgpo turns (2 = paper, 3 = its Table 6)")
+    p.add_argument("--max-turns", type=int, default=None,
+                   help=f"mgpo turns (2 = paper, 3 = its Table 6; default: a release's own, else {d.engine.max_turns})")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first K items only")
     p.add_argument("--categories", default=None,
                    help="vstar: the categories (subfolders) to score, comma-separated, or 'all' "
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="playground: score TEST scenes (default) or VAL scenes (for choosing a checkpoint)")
     p.add_argument("--overview", type=int, default=None, choices=OVERVIEWS,
                    help="playground: the overview side its scenes are drawn for (default: the release's, else 224)")
+    p.add_argument("--cards", type=int, default=None,
+                   help="playground: cards of different colours a scene, the question naming one (default: the "
+                        "release's, else 1)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--min-pixels", type=int, default=None,
                    help=f"default {geometry.MIN_PIXELS:,} (the paper's); playground: its crop floor")
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:   # ReleaseError included
         print(f"error: {e}", file=sys.stderr)
         return 2
+    args.max_turns = EngineConfig().max_turns if args.max_turns is None else args.max_turns
     if args.benchmark == "playground":
         from ..playground.world import Budgets
 
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg.check()
         bench = open_benchmark(cfg.benchmark, cfg.data, cfg.image_root, seed=cfg.engine.seed, limit=cfg.limit,
-                               categories=cfg.categories, split=cfg.split, overview=cfg.overview)
+                               categories=cfg.categories, split=cfg.split, overview=cfg.overview,
+                               cards=cfg.cards)
         for note in bench.notes:
             print(f"note: {note}", file=sys.stderr)
         out = Path(cfg.out).expanduser()

@@ -72,11 +72,12 @@ class Benchmark:
 
 def open_benchmark(name: str, path: str | Path | None = None, image_root: str | Path | None = None, *,
                    seed: int | None = None, limit: int | None = None, categories: str | None = None,
-                   split: str = "test", overview: int | None = None) -> Benchmark:
+                   split: str = "test", overview: int | None = None, cards: int | None = None) -> Benchmark:
     """Recognise the format of ``path`` for benchmark ``name`` and return its item stream.
 
-    ``seed``, ``limit``, ``split`` and ``overview`` are read by ``playground`` only (first scene
-    index, scene count, seed split: test or val, the overview side its world is drawn for);
+    ``seed``, ``limit``, ``split``, ``overview`` and ``cards`` are read by ``playground`` only
+    (first scene index, scene count, seed split: test or val, the overview side its world is drawn
+    for, cards per scene);
     ``categories`` by ``vstar`` only (comma-separated; ``all``; default: the official two).
     """
     if name not in BENCHMARKS:
@@ -85,7 +86,7 @@ def open_benchmark(name: str, path: str | Path | None = None, image_root: str | 
         if path:
             raise DataError("the playground benchmark generates its scenes; do not pass --data "
                             "(choose them with --seed S --limit N)")
-        return open_playground(seed or 0, limit or PLAYGROUND_ITEMS, split, overview)
+        return open_playground(seed or 0, limit or PLAYGROUND_ITEMS, split, overview, cards)
     if not path:
         raise DataError(f"benchmark {name!r} needs --data (its folder or file)")
     path = Path(path).expanduser()
@@ -375,16 +376,18 @@ def read_mme_tsv(path: Path) -> Iterator[Item]:
 # ----- playground -------------------------------------------------------------------------------
 
 def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "test",
-                    overview: int | None = None) -> Benchmark:
+                    overview: int | None = None, cards: int | None = None) -> Benchmark:
     """``n`` scenes from the playground's TEST seed range (or VAL, to choose a checkpoint without
     looking at test), from its ``start``-th seed on, in the world drawn for an ``overview``² first
-    turn (224 by default; see ``Budgets.for_overview``).
+    turn (224 by default; see ``Budgets.for_overview``), with ``cards`` cards of different colours
+    a scene (1 by default; the question names one, the others are distractors as large and as
+    striped, their boxes in ``meta["other_boxes"]``).
 
     Scenes are generated when their item is read (~0.1 s each); the variant names the world's
     version, the first seed and a geometry other than the default, so a resumed run must ask for
     the same scenes (a larger limit extends it).
     """
-    from ..playground.world import VERSION, Budgets, make_scene, slot_label, split_seeds
+    from ..playground.world import VERSION, Budgets, check_cards, make_scene, slot_label, split_seeds
 
     if n < 1:
         raise DataError("playground: ask for at least one scene")
@@ -393,16 +396,19 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "tes
             raise ValueError(f"split {split!r}: evaluate on test or val scenes only")
         seeds = split_seeds(split, n, start)
         budgets = Budgets.for_overview(overview)
+        cards = check_cards(cards or 1)
     except ValueError as e:
         raise DataError(f"playground: {e}") from None
     drawn = "" if budgets == Budgets() else f", {budgets.scene}² scenes for a {budgets.overview}² overview"
+    drawn += "" if cards == 1 else f", {cards} cards a scene"
 
     def items() -> Iterator[Item]:
         for seed in seeds:
-            scene = make_scene(seed, budgets=budgets)
+            scene = make_scene(seed, budgets=budgets, n_cards=(cards, cards))
+            others = [list(c.box) for k, c in enumerate(scene.layout.cards) if k != scene.layout.target]
             yield Item(f"scene-{seed}", scene.question, scene.choices, scene.answer, scene.image,
                        {"category": scene.target.colour, "seed": seed, "detail": scene.detail,
-                        "slot": slot_label(*scene.cell())},
+                        "slot": slot_label(*scene.cell()), **({"other_boxes": others} if others else {})},
                        gt_box=scene.box)
 
     return Benchmark("playground", f"{VERSION} {split} scenes from seed {seeds[0]}{drawn}",

@@ -49,11 +49,13 @@ def markdown(results: dict) -> str:
                  ("crop-only accuracy over all items (%)", pct(c["accuracy_all"]))]
     if results.get("grounding"):
         g = results["grounding"]
-        rows += [(f"mean IoU with the hidden box, {g['n_boxed']} items with a valid box", num(g["mean_iou"], 3)),
+        rows += [(f"mean IoU with the hidden box (the answer's box), {g['n_boxed']} items with a valid box", num(g["mean_iou"], 3)),
                  ("mean IoU over all items (no box = 0)", num(g["mean_iou_all"], 3)),
                  (f"boxes with IoU ≥ 0.5 — hits, {g['hits']} items (% of all items)", pct(g["hit_rate"])),
                  ("accuracy after a hit (%)", pct(g.get("accuracy_after_hit"))),
                  ("accuracy without a hit (%)", pct(g.get("accuracy_after_miss")))]
+        if "wrong_card_rate" in g:
+            rows.append((f"boxes on another card (IoU ≥ 0.5), {g['wrong_card']} items (%)", pct(g["wrong_card_rate"])))
     lat = results["latency"]
     rows += [("mean visual tokens", num(b["mean_visual_tokens"], 0)),
              ("mean native visual tokens", num(b["mean_native_visual_tokens"], 0)),

@@ -73,7 +73,7 @@ class EvalConfig:
     mode: str = "mgpo"                        # mgpo (multi-turn) | direct (single-turn baseline)
     limit: int | None = None                  # first K items only
     batch_size: int = 8                       # items per engine call
-    crop_only: bool = True                    # mgpo mode: re-ask on the first valid crop alone
+    crop_only: bool = True                    # mgpo mode: re-ask on the answer's crop alone
     strict: bool = False                      # True: \boxed{} only, no fallback extraction
     image_root: str | None = None             # where relative image paths start (default: next to the data file)
     categories: str | None = None             # vstar: subfolders to score, comma-separated, or "all"
@@ -81,6 +81,8 @@ class EvalConfig:
     split: str = "test"                       # playground: the seed split its scenes come from (test | val)
     overview: int | None = None               # playground: the overview side its world is drawn for (224 | 280;
                                               # None: a release's own, else 224)
+    cards: int | None = None                  # playground: cards a scene, the question naming one (None: a
+                                              # release's own, else 1)
     # the engine's settings (turns, pixel limits, box rule, prompts, decoding): greedy by default
     engine: EngineConfig = field(default_factory=EngineConfig)
 
@@ -245,10 +247,10 @@ def _drain(stream) -> tuple[list, dict[int, int]]:
 
 
 def _crop_only(engine: Engine, pairs, rollouts, cfg: EvalConfig) -> dict[int, dict]:
-    """Re-ask each item that got a valid box on its first valid crop alone (direct prompt)."""
+    """Re-ask each item that got a valid box on the crop its answer read alone (direct prompt)."""
     asks = []
     for k, r in enumerate(rollouts):
-        box = next((b for b in r.boxes if b.valid), None)
+        box = r.answer_box
         if box is None:
             continue
         it, original = pairs[k]

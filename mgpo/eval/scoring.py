@@ -23,8 +23,8 @@ Benchmark scores:
   the official script's category key (lower-cased; ``…/attribute…`` folded to ``…/attribute``).
 - JSONL: accuracy overall and per ``category`` when the rows have one.
 - Playground: accuracy overall and per target colour; and, as for any rows that carry a hidden
-  ``gt_box``, the IoU of the first valid predicted box (``box_original``) with it
-  (:func:`grounding_scores`).
+  ``gt_box``, the IoU of the answer's box (``box_original`` of the last valid box, whose crop the
+  answer read: with two turns, the only one) with it (:func:`grounding_scores`).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def answer_sources(rows: list[dict]) -> dict[str, int]:
 
 
 def crop_only_scores(rows: list[dict]) -> dict | None:
-    """Paper Table 5: the question re-asked on the first valid crop alone (direct prompt).
+    """Paper Table 5: the question re-asked on the answer's crop alone (direct prompt).
 
     ``accuracy`` is over the items that had a valid crop; ``accuracy_all`` counts the items
     without one as wrong (its denominator is every item).
@@ -174,20 +174,31 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def answer_box(row: dict) -> dict | None:
+    """A result row's last valid box: the one whose crop the answer read (two turns: turn 1's)."""
+    return next((b for b in reversed(row.get("boxes") or []) if b.get("valid")), None)
+
+
 def grounding_scores(rows: list[dict]) -> dict | None:
-    """IoU of the first valid box (original pixels) with the hidden ``gt_box`` — None when no
-    row has one. ``mean_iou`` is over the items that produced a valid box; ``mean_iou_all``
-    counts the others (and unreadable items) as 0; ``hit_rate`` is the share of all items with
-    IoU ≥ 0.5 (a *hit*). ``accuracy_after_hit`` / ``accuracy_after_miss`` split the answers by
-    it: reading after a box that covers the target, against answering without one — the two
-    halves of MGPO's task."""
+    """IoU of the answer's box (:func:`answer_box`, original pixels) with the hidden ``gt_box`` —
+    None when no row has one. ``mean_iou`` is over the items that produced a valid box;
+    ``mean_iou_all`` counts the others (and unreadable items) as 0; ``hit_rate`` is the share of
+    all items with IoU ≥ 0.5 (a *hit*). ``accuracy_after_hit`` / ``accuracy_after_miss`` split
+    the answers by it: reading after a box that covers the target, against answering without one
+    — the two halves of MGPO's task. Where items name distractors (``meta.other_boxes``: the
+    playground's other cards), ``wrong_card_rate`` is the share of those items whose box has
+    IoU ≥ 0.5 with one of them: a box on the wrong card."""
     marked = [r for r in rows if r.get("gt_box") is not None]
     if not marked:
         return None
-    ious = []
+    ious, wrong, with_others = [], 0, 0
     for r in marked:
-        box = next((b for b in (r.get("boxes") or []) if b.get("valid")), None)
+        box = answer_box(r)
         ious.append(None if box is None else iou(box["box_original"], r["gt_box"]))
+        others = (r.get("meta") or {}).get("other_boxes")
+        if others:
+            with_others += 1
+            wrong += box is not None and any(iou(box["box_original"], o) >= 0.5 for o in others)
     got = [v for v in ious if v is not None]
     hit = [v is not None and v >= 0.5 for v in ious]
     right_hit = sum(bool(r.get("correct")) for r, h in zip(marked, hit) if h)
@@ -197,6 +208,8 @@ def grounding_scores(rows: list[dict]) -> dict | None:
            "mean_iou_all": sum(got) / len(marked), "hits": hits, "hit_rate": hits / len(marked),
            "accuracy_after_hit": right_hit / hits if hits else None,
            "accuracy_after_miss": right_miss / (len(marked) - hits) if hits < len(marked) else None}
+    if with_others:
+        out.update(wrong_card=wrong, wrong_card_rate=wrong / with_others)
     slots = slot_grounding(marked, hit)
     if slots:
         out["slots"] = slots
@@ -205,9 +218,9 @@ def grounding_scores(rows: list[dict]) -> dict | None:
 
 def slot_grounding(rows: list[dict], hit: list[bool]) -> dict[str, dict]:
     """The playground's board: for each slot the target sat in (``meta.slot``), its items, its
-    hits and, for the others, the slot that held the centre of the first valid box (or ``no
-    box``) — grounding mistakes are a few slots boxed as a neighbour every time. ``{}`` when the
-    rows carry no slot."""
+    hits and, for the others, the slot that held the centre of the answer's box (or ``no box``)
+    — grounding mistakes are a few slots boxed as a neighbour every time. ``{}`` when the rows
+    carry no slot."""
     from ..playground.world import board_slot, slot_label
 
     out: dict[str, dict] = {}
@@ -220,7 +233,7 @@ def slot_grounding(rows: list[dict], hit: list[bool]) -> dict[str, dict]:
         if h:
             entry["hits"] += 1
             continue
-        box = next((b for b in (r.get("boxes") or []) if b.get("valid")), None)
+        box = answer_box(r)
         where = "no box" if box is None else slot_label(*board_slot(box["box_model"], box["frame"]))
         entry["missed_to"][where] = entry["missed_to"].get(where, 0) + 1
     for entry in out.values():

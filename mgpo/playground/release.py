@@ -10,7 +10,9 @@ Pure (json, PIL): no torch, no gradio. The layout::
                             {"name": "before RL", "step": 0, "adapter": null},
                             {"name": "early", "step": 10, "adapter": "adapters/step-0010"}, ...]}
                          ("overview": the world's geometry the release was trained in, 224 or 280;
-                         224 when absent — see ``world.Budgets.for_overview``)
+                         224 when absent — see ``world.Budgets.for_overview``; "cards": cards a
+                         scene, the question naming one, 1 when absent; "max_turns": the MGPO turns
+                         it was trained and is run with, 2 — the paper's — when absent)
       metrics.jsonl      one JSON object per RL step: {"step", "reward", "valid_box", ...}, maybe "iou"
       curves.png         the training curves (optional)
       summary.json       eval numbers (optional, any JSON object)
@@ -38,7 +40,7 @@ TRUTH_COLOUR = (0, 170, 70)
 MODEL_COLOUR = TURN_COLOURS[0]       # the Ask tab's turn-1 orange
 # one colour per checkpoint in the compare view (never the truth's green)
 CHECKPOINT_COLOURS = [(255, 122, 0), (0, 110, 230), (230, 0, 126), (140, 70, 210), (150, 90, 30), (20, 20, 20)]
-CURVE_KEYS = ("reward", "accuracy", "valid_box", "iou", "hit")   # metrics.jsonl series the tab plots
+CURVE_KEYS = ("reward", "accuracy", "valid_box", "iou", "hit", "wrong_card")   # metrics.jsonl series the tab plots
 
 
 class ReleaseError(ValueError):
@@ -62,6 +64,8 @@ class Release:
     metrics: Path | None             # metrics.jsonl
     summary: dict | None             # summary.json
     overview: int = 224              # the overview side of the world it was trained in (Budgets.for_overview)
+    cards: int = 1                   # cards a scene of that world (the question names one)
+    max_turns: int = 2               # MGPO turns it was trained with and runs with (3: a look inside the crop first)
 
     def budgets(self):
         """The world's geometry this release sees: its scenes' side and pixel budgets."""
@@ -96,12 +100,22 @@ class Release:
         if overview not in OVERVIEWS or isinstance(overview, bool):
             raise ReleaseError(f"{folder / INDEX}: \"overview\" must be one of {', '.join(map(str, OVERVIEWS))} "
                                f"(the world's geometry the release was trained in), not {overview!r}")
+        from .world import check_cards
+
+        try:
+            cards = check_cards(index.get("cards", 1))
+        except ValueError as e:
+            raise ReleaseError(f"{folder / INDEX}: \"cards\": {e}") from None
+        max_turns = index.get("max_turns", 2)
+        if isinstance(max_turns, bool) or max_turns not in (2, 3):
+            raise ReleaseError(f"{folder / INDEX}: \"max_turns\" must be 2 (the paper's MGPO) or 3 (one look inside "
+                               f"the crop first), not {max_turns!r}")
         summary = _read_json(folder / "summary.json", required=False)
         if summary is not None and not isinstance(summary, dict):
             raise ReleaseError(f"{folder / 'summary.json'} must hold a JSON object")
         curves, metrics = folder / "curves.png", folder / "metrics.jsonl"
         return cls(folder, model, checkpoints, default, curves if curves.is_file() else None,
-                   metrics if metrics.is_file() else None, summary, overview)
+                   metrics if metrics.is_file() else None, summary, overview, cards, max_turns)
 
     def checkpoint(self, name: str) -> Checkpoint:
         for c in self.checkpoints:
@@ -150,15 +164,17 @@ def apply_to_args(args) -> None:
     """Read ``--model RELEASE [--checkpoint NAME]`` for a command line (the CLI, the evaluator):
     when ``args.model`` is a release folder, set the model, the checkpoint's adapter (unless
     ``--adapter`` was given) and the release's pixel budgets (where ``--min/--max-pixels`` were
-    not) and, where the command has ``--overview`` and it was not given, the world's geometry the
-    release was trained in. Raises :class:`ReleaseError` for a broken release or an unknown
+    not) and, where the command has ``--overview``, ``--cards`` or ``--max-turns`` and they were
+    not given, the world's geometry, its cards a scene and the turns the release was trained with. Raises :class:`ReleaseError` for a broken release or an unknown
     checkpoint, and a plain ValueError for ``--checkpoint`` without a release."""
     if not is_release(args.model):
         if args.checkpoint:
             raise ValueError("--checkpoint needs --model to be a playground release folder (with checkpoints.json)")
         return
-    if getattr(args, "overview", 0) is None:
-        args.overview = Release.load(args.model).overview
+    release = Release.load(args.model)
+    for name in ("overview", "cards", "max_turns"):
+        if getattr(args, name, 0) is None:
+            setattr(args, name, getattr(release, name))
     args.model, adapter, budgets = resolve(args.model, args.checkpoint)
     args.adapter = args.adapter or adapter
     args.min_pixels = budgets["min_pixels"] if args.min_pixels is None else args.min_pixels
@@ -194,9 +210,11 @@ def _checkpoint(folder: Path, k: int, entry) -> Checkpoint:
     return Checkpoint(entry["name"], step, path)
 
 
-def write_index(folder: str | Path, checkpoints: list[Checkpoint], default: str, overview: int = 224) -> Path:
+def write_index(folder: str | Path, checkpoints: list[Checkpoint], default: str, overview: int = 224,
+                cards: int = 1, max_turns: int = 2) -> Path:
     """Write ``folder/checkpoints.json`` atomically (the adapters must be in place: their paths
-    are checked and stored relative to ``folder``); ``overview``: the world's geometry it was trained in."""
+    are checked and stored relative to ``folder``); ``overview``, ``cards``: the world it was
+    trained in (its geometry, its cards a scene); ``max_turns``: the MGPO turns it runs with."""
     folder = Path(folder)
     names = [c.name for c in checkpoints]
     if not checkpoints or len(set(names)) != len(names):
@@ -209,7 +227,9 @@ def write_index(folder: str | Path, checkpoints: list[Checkpoint], default: str,
     fd, tmp = tempfile.mkstemp(prefix=".checkpoints.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump({"default": default, "overview": overview, "checkpoints": entries}, f, indent=1)
+            world = {"overview": overview, **({"cards": cards} if cards != 1 else {}),
+                     **({"max_turns": max_turns} if max_turns != 2 else {})}
+            json.dump({"default": default, **world, "checkpoints": entries}, f, indent=1)
             f.write("\n")
         os.replace(tmp, folder / INDEX)
     except BaseException:

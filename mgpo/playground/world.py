@@ -109,6 +109,13 @@ SPLITS: dict[str, tuple[int, int]] = {
 }
 
 
+def check_cards(cards) -> int:
+    """``cards`` per scene, checked: a whole number from 1 to one per colour (each card has its own)."""
+    if isinstance(cards, bool) or not isinstance(cards, int) or not 1 <= cards <= len(COLOURS):
+        raise ValueError(f"cards a scene must be a whole number from 1 to {len(COLOURS)} (one colour each), not {cards!r}")
+    return cards
+
+
 def split_seeds(split: str, n: int, start: int = 0) -> list[int]:
     """``n`` consecutive seeds of ``split``, from its ``start``-th one."""
     if split not in SPLITS:

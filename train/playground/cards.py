@@ -58,9 +58,9 @@ A small Qwen2.5-VL (text {cfg.hidden} × {cfg.layers} layers, vision {cfg.vision
 byte-level BPE tokenizer of {cfg.vocab_size} entries learned from the playground's texts) trained from random
 weights by `python -m train.playground` (`recipe.json`: the settings of the run that shipped it, its RL and
 evaluation; how the base was trained is told below). It only knows the playground world
-(`mgpo.playground.world`): {cfg.budgets().scene}-px scenes with {_cards(cfg)}, a label with fine stripes on each;
+(`mgpo.playground.world`): {cfg.budgets().scene}-px scenes with {_task_cards(cfg)}, a label with fine stripes on each;
 the question asks which way the stripes on one card run, which is illegible in the {cfg.overview}-px overview the model
-sees first (`--overview {cfg.overview}`: run it with that world's scenes, as `--model RELEASE` does).
+sees first (`--overview {cfg.overview}{f" --cards {cfg.cards}" if cfg.cards != 1 else ""}`: run it with that world's scenes, as `--model RELEASE` does).{_turns_text(cfg)}
 
 ## How it was made
 ### 1. Base skills (`model/`)
@@ -69,7 +69,7 @@ sees first (`--overview {cfg.overview}`: run it with that world's scenes, as `--
 ### 2. MGPO RL (`adapters/`)
 LoRA r {cfg.lora_r} on the language model{' and the vision tower' if cfg.rl_vision else ''}, {cfg.rl_steps} steps × {cfg.prompts_per_step} prompts × {cfg.group_size}
 samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}{'' if cfg.rl_schedule == 'constant' else f', {cfg.rl_schedule} schedule'}{_updates(cfg)}, with the project's trainer
-on scenes of the "train" seed range, the paper's prompts and the **binary accuracy reward only**; the
+on scenes of the "train" seed range, the paper's prompts ({cfg.turns} turns) and the **binary accuracy reward only**; the
 ground-truth boxes never reach it. Checkpoints kept: {ckpts}.
 
 ## Measured (held-out scenes, greedy, `python -m mgpo.eval --benchmark playground`)
@@ -86,7 +86,7 @@ RL per step (rollouts at temperature {cfg.rl_temperature}; `metrics.jsonl`, `cur
 - reward: {" ".join(f"{r['reward']:.2f}" for r in curve) or "–"}
 - valid-box ratio: {" ".join(f"{r['valid_box']:.2f}" for r in curve) or "–"}
 - IoU with the hidden box (analysis only): {" ".join(_fmt(r.get('iou')) for r in curve) or "–"}
-- boxes on the target, IoU ≥ 0.5 (analysis only): {" ".join(_fmt(r.get('hit')) for r in curve) or "–"}
+- boxes on the target, IoU ≥ 0.5 (analysis only): {" ".join(_fmt(r.get('hit')) for r in curve) or "–"}{_wrong_card_line(curve)}
 
 ## Use
 RELEASE is this folder.
@@ -187,6 +187,25 @@ def _cards(cfg: RecipeConfig) -> str:
     if cfg.min_cards == cfg.max_cards:
         return "one coloured card" if cfg.min_cards == 1 else f"{cfg.min_cards} coloured cards"
     return f"{cfg.min_cards}–{cfg.max_cards} coloured cards"
+
+
+def _task_cards(cfg: RecipeConfig) -> str:
+    if cfg.cards == 1:
+        return "one coloured card"
+    return f"{cfg.cards} cards of different colours (the question names one; the others are as large and as striped)"
+
+
+def _turns_text(cfg: RecipeConfig) -> str:
+    if cfg.turns == 2:
+        return ""
+    return ("\nIt takes three turns (`--max-turns 3`, which `--model RELEASE` sets): turn 1 boxes a region of the "
+            "overview, turn 2 boxes inside that region's enlarged crop, turn 3 answers from the second crop.")
+
+
+def _wrong_card_line(curve: list[dict]) -> str:
+    if not any("wrong_card" in r for r in curve):
+        return ""
+    return "\n- boxes on another card (analysis only): " + " ".join(_fmt(r.get("wrong_card")) for r in curve)
 
 
 def _updates(cfg: RecipeConfig) -> str:

@@ -87,9 +87,10 @@ def run_eval(cfg: RecipeConfig, base: Path, adapter: Path | None, out: Path, mod
     ecfg = EvalConfig.of(benchmark="playground", out=str(out), model=str(base),
                       adapter=str(adapter) if adapter else None, mode=mode, limit=n, split=split,
                       batch_size=8, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"],
-                      max_new_tokens=cfg.max_new_tokens, seed=cfg.eval_seed, overview=cfg.overview)
+                      max_new_tokens=cfg.max_new_tokens, seed=cfg.eval_seed, overview=cfg.overview,
+                      cards=cfg.cards, max_turns=cfg.turns)
     bench = open_benchmark("playground", None, None, seed=cfg.eval_seed, limit=n, split=split,
-                           overview=cfg.overview)
+                           overview=cfg.overview, cards=cfg.cards)
     engine = Engine.from_pretrained(str(base), ecfg.adapter, config=ecfg.engine,
                                     device="cpu" if not cuda_available() else None)
     return evaluate(engine, bench, ecfg, progress=False, overwrite=True)
@@ -101,7 +102,8 @@ def summarize(results: dict) -> dict:
     return {"accuracy": s.get("overall"), "n": s.get("n"), "valid_box_ratio": beh.get("valid_box_ratio"),
             "mean_iou": g.get("mean_iou"), "mean_iou_all": g.get("mean_iou_all"), "hits": g.get("hits"),
             "accuracy_after_hit": g.get("accuracy_after_hit"),
-            "crop_only_accuracy": crop.get("accuracy") if crop else None}
+            "crop_only_accuracy": crop.get("accuracy") if crop else None,
+            **({"wrong_card_rate": g["wrong_card_rate"]} if "wrong_card_rate" in g else {})}
 
 
 def checkpoint_list(cfg: RecipeConfig, rl_dir: Path | None) -> list[tuple[str, int, Path | None]]:
@@ -146,7 +148,7 @@ def _release_curves() -> list[tuple[str, str]]:
     """The panels of the release's curves.png: the trainer's own reward, valid-box and IoU curves."""
     from ..metrics import CURVES
 
-    return [(k, t) for k, t in CURVES if k in ("reward", "valid_box", "iou", "hit")]
+    return [(k, t) for k, t in CURVES if k in ("reward", "valid_box", "iou", "hit", "wrong_card")]
 
 
 def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
@@ -183,7 +185,7 @@ def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
     (tmp / "README.md").write_text(release_card(cfg, summary, checkpoints, base_story(base_dir)))
     chosen = summary.get("selected")
     write_index(tmp, checkpoints, chosen if chosen in {c.name for c in checkpoints} else checkpoints[-1].name,
-                overview=cfg.overview)
+                overview=cfg.overview, cards=cfg.cards, max_turns=cfg.turns)
     Release.load(tmp)                      # refuse to ship a folder the app could not open
     if release.exists():
         shutil.rmtree(release)

@@ -11,26 +11,28 @@ from .settings import RecipeConfig
 from .runtime import data_workers, scene_map
 
 
-def write_rl_data(out: Path, n: int, start: int = 0, workers: int = 0, budgets=None) -> Path:
-    """``n`` scenes of the "train" split as PNG + JSONL (question, four choices, answer letter —
-    no box: the ground truth box never reaches RL), rendered by ``workers`` processes (0: this one)
-    in the geometry ``budgets`` (the world's default when None)."""
+def write_rl_data(out: Path, n: int, start: int = 0, workers: int = 0, budgets=None, cards: int = 1) -> Path:
+    """``n`` scenes of the "train" split with ``cards`` cards each as PNG + JSONL (question, four
+    choices, answer letter — no box: the ground truth box never reaches RL), rendered by
+    ``workers`` processes (0: this one) in the geometry ``budgets`` (the world's default when None)."""
     from mgpo.playground.world import Budgets, split_seeds
 
     (out / "scenes").mkdir(parents=True, exist_ok=True)
     path = out / "train.jsonl"
     with path.open("w") as f:
-        for rec in scene_map(functools.partial(_rl_record, out, budgets or Budgets()), split_seeds("train", n, start), workers):
+        for rec in scene_map(functools.partial(_rl_record, out, budgets or Budgets(), cards),
+                             split_seeds("train", n, start), workers):
             f.write(json.dumps(rec) + "\n")
     return path
 
 
-def _rl_record(out: Path, budgets, seed: int) -> dict:
-    """Scene ``seed`` as ``out/scenes/scene-SEED-SIDE.png`` (kept if a rerun finds it) and its JSONL record."""
+def _rl_record(out: Path, budgets, cards: int, seed: int) -> dict:
+    """Scene ``seed`` as ``out/scenes/scene-SEED-SIDE[-cCARDS].png`` (kept if a rerun finds it) and
+    its JSONL record."""
     from mgpo.playground.world import make_layout, question, render
 
-    layout = make_layout(seed, budgets=budgets)
-    png = out / "scenes" / f"scene-{seed}-{layout.size}.png"
+    layout = make_layout(seed, budgets=budgets, n_cards=(cards, cards))
+    png = out / "scenes" / (f"scene-{seed}-{layout.size}" + (f"-c{cards}" if cards != 1 else "") + ".png")
     if not png.is_file():
         render(layout).save(png, compress_level=1)
     card = layout.cards[layout.target]
@@ -43,7 +45,7 @@ def rl_config(cfg: RecipeConfig, base: Path, data: Path, out: Path):
 
     b = cfg.budgets().engine()
     return TrainConfig(
-        model=str(base), data=str(data), output_dir=str(out), mode="mgpo", max_turns=2,
+        model=str(base), data=str(data), output_dir=str(out), mode="mgpo", max_turns=cfg.turns,
         group_size=cfg.group_size, prompts_per_step=cfg.prompts_per_step, temperature=cfg.rl_temperature, top_p=1.0,
         max_new_tokens=cfg.max_new_tokens, min_pixels=b["min_pixels"], max_pixels=b["max_pixels"],
         rewards={"accuracy": 1.0}, kl_coef=cfg.kl_coef, lora_r=cfg.lora_r, lora_alpha=cfg.lora_r,
@@ -74,30 +76,36 @@ def snapshot_steps(steps: int) -> dict[int, str]:
 
 def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
     """MGPO RL with the project's trainer. Two additions for analysis, neither seen by the
-    reward: each step's metrics get ``iou`` (the rollouts' first valid box against the hidden card
-    box, invalid boxes counted as 0), and the adapter is saved at :func:`snapshot_steps` to
-    ``out/snapshots/step-NNNN``."""
+    reward: each step's metrics get ``iou`` and ``hit`` (the answer's box — the last valid one,
+    whose crop the answer read — against the hidden box of the asked card, no box counted as 0;
+    a hit: IoU ≥ 0.5) and, with several cards, ``wrong_card`` (that box on another card); and the
+    adapter is saved at :func:`snapshot_steps` to ``out/snapshots/step-NNNN``."""
     from mgpo.eval.scoring import iou
     from mgpo.playground.world import make_layout
 
     from ..loop import Trainer
 
-    data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes, workers=data_workers(cfg), budgets=cfg.budgets())
-    truth = {}
+    data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes, workers=data_workers(cfg), budgets=cfg.budgets(),
+                         cards=cfg.cards)
+    truth, others = {}, {}
     for line in data.read_text().splitlines():
         rec = json.loads(line)
         seed = int(rec["id"].split("-")[1])
-        layout = make_layout(seed, budgets=cfg.budgets())
+        layout = make_layout(seed, budgets=cfg.budgets(), n_cards=(cfg.cards, cfg.cards))
         truth[rec["id"]] = layout.cards[layout.target].box
+        others[rec["id"]] = [c.box for k, c in enumerate(layout.cards) if k != layout.target]
     marks = snapshot_steps(cfg.rl_steps)
 
     class PlaygroundTrainer(Trainer):
         def update(self, items, rollouts, step: int = 0):
             metrics = super().update(items, rollouts, step)
-            scores = [iou(r.boxes[0].box_original, truth[items[r.request].id]) if r.valid_box else 0.0
-                      for r in rollouts]
+            boxes = [(r.answer_box, items[r.request].id) for r in rollouts]
+            scores = [iou(b.box_original, truth[key]) if b else 0.0 for b, key in boxes]
             metrics["iou"] = sum(scores) / max(1, len(scores))
-            metrics["hit"] = sum(v >= 0.5 for v in scores) / max(1, len(scores))   # boxes on the card
+            metrics["hit"] = sum(v >= 0.5 for v in scores) / max(1, len(scores))   # boxes on the asked card
+            if cfg.cards > 1:
+                wrong = [b is not None and any(iou(b.box_original, o) >= 0.5 for o in others[key]) for b, key in boxes]
+                metrics["wrong_card"] = sum(wrong) / max(1, len(wrong))
             return metrics
 
     def on_step(step: int, metrics: dict) -> None:
@@ -109,9 +117,9 @@ def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
 
 
 def rl_curve(metrics_path: Path) -> list[dict]:
-    """(step, reward, valid_box, iou, hit) per RL step from the trainer's metrics.jsonl."""
+    """(step, reward, valid_box, iou, hit[, wrong_card]) per RL step from the trainer's metrics.jsonl."""
     from ..metrics import read
 
     return [{"step": r["step"], "reward": r.get("reward"), "valid_box": r.get("valid_box"), "iou": r.get("iou"),
-             "hit": r.get("hit")}
+             "hit": r.get("hit"), **({"wrong_card": r["wrong_card"]} if "wrong_card" in r else {})}
             for r in read(metrics_path) if "step" in r]

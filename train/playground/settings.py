@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mgpo.playground.world import MAX_NEW_TOKENS, N_CARDS, OVERVIEWS, Budgets
+from mgpo.playground.world import MAX_NEW_TOKENS, N_CARDS, OVERVIEWS, Budgets, check_cards
 
 from ..config import LR_SCHEDULES
 
@@ -102,6 +102,10 @@ class RecipeConfig:
     max_cards: int = N_CARDS[1]       # cards per scene, at most (the world's default)
     overview: int = OVERVIEWS[0]      # the overview's side the world is drawn for: 224 (2048² scenes) or 280 (2560²,
                                       # board slots at 0/70/140/210 — no two rows or columns share a first digit)
+    cards: int = 1                    # cards a task scene (RL, eval, the release's world), each its own colour and
+                                      # stripes; the question names one (skills: min_cards, max_cards)
+    turns: int = 2                    # MGPO turns in RL, eval and the release: 2 = the paper's; 3 = turn 1 boxes a region,
+                                      # turn 2 the card inside its enlarged crop, turn 3 answers (the paper's Table 6)
     skills_from: str = ""             # continue the skills stage from this checkpoint ("" = OUT/random)
     skill_start: int = 0              # first scene index in the skills seed range (a continuation reads fresh scenes)
     # RL (train.loop)
@@ -166,6 +170,12 @@ class RecipeConfig:
             problems.append("the share of clutter-free scenes (skill_simple, a phase's SIMPLE) must be within [0, 1]")
         if self.overview not in OVERVIEWS:
             problems.append(f"overview must be one of {', '.join(map(str, OVERVIEWS))}, not {self.overview!r}")
+        try:
+            check_cards(self.cards)
+        except ValueError as e:
+            problems.append(str(e).replace("cards a scene", "cards"))
+        if self.turns not in (2, 3):
+            problems.append(f"turns must be 2 (the paper's MGPO) or 3 (a look inside the crop first), not {self.turns!r}")
         if self.rl_mini_batches < 1 or self.prompts_per_step % self.rl_mini_batches:
             problems.append(f"rl_mini_batches must be at least 1 and divide prompts_per_step ({self.prompts_per_step}): "
                             "each update takes whole groups")

@@ -161,3 +161,69 @@ def test_the_recipe_trains_evaluates_and_ships_three_turns_on_three_card_scenes(
     assert (rel.cards, rel.max_turns) == (3, 3)
     card = (rel.folder / "README.md").read_text()
     assert "3 cards of different colours" in card and "three turns" in card and "(3 turns)" in card
+
+
+# ----- the base skills a three-turn recipe trains ------------------------------------------------
+
+
+def test_name_first_grounding_puts_the_image_after_the_name_and_boxes_the_same_card():
+    from mgpo.playground.skill_examples import NAME_FIRST_PROMPTS, scene_examples
+
+    named = scene_examples(8, skills=("ground",), prompt="name-first", n_cards=(3, 3))
+    plain = scene_examples(8, skills=("ground",), prompt="locate", n_cards=(3, 3))
+    assert len(named) == 3 and [e.target for e in named] == [e.target for e in plain]
+    for e in named:
+        name = e.meta["name"]
+        assert any(e.prompt == t.format(name=name) for t in NAME_FIRST_PROMPTS)
+        assert e.prompt.index(name) < e.prompt.index("<image>") and e.prompt.count("<image>") == 1
+        assert "Question:" not in e.prompt and "key image area" not in e.prompt   # never MGPO's template
+
+
+def test_group_grounding_boxes_every_card_on_the_lattice():
+    from mgpo import geometry
+    from mgpo.playground.skill_examples import GROUP_PROMPTS, scene_examples
+    from mgpo.playground.world import make_scene
+
+    for seed in (2, 9):
+        (e,) = scene_examples(seed, skills=("group",), n_cards=(3, 3), simple=0.0)
+        scene = make_scene(seed, n_cards=(3, 3), clutter=1.0)
+        assert e.prompt in GROUP_PROMPTS and '"label": "cards"' in e.target
+        x1, y1, x2, y2 = e.meta["box_model"]
+        assert all(v % 14 == 0 for v in (x1, y1, x2, y2))
+        for card in scene.layout.cards:
+            c = geometry.to_frame(card.box, (FRAME, FRAME), (0, 0, scene.image.width, scene.image.width))
+            assert x1 <= c[0] + 1e-6 and y1 <= c[1] + 1e-6 and c[2] <= x2 + 1e-6 and c[3] <= y2 + 1e-6
+        # tight: every side touches a card
+        boxes = [geometry.to_frame(c.box, (FRAME, FRAME), (0, 0, 2048, 2048)) for c in scene.layout.cards]
+        assert x1 == round(min(b[0] for b in boxes)) and x2 == round(max(b[2] for b in boxes))
+
+
+def test_zoom3_reads_in_the_third_turn_after_two_boxes_in_context(tiny_loaded):
+    from mgpo.generation import QwenBackend
+    from mgpo.playground.skill_examples import ASK_QUESTIONS, ZOOM_QUESTIONS, scene_examples, trained_templates
+    from mgpo.playground.world import PATTERNS, make_scene
+    from mgpo.prompts import LETTERS, get_prompts, render
+    from train.playground.skills import example_sequence
+
+    prompts = get_prompts("mgpo")
+    examples = scene_examples(5, skills=("zoom3",), n_cards=(3, 3), simple=0.0)
+    scene = make_scene(5, n_cards=(3, 3), clutter=1.0)
+    assert len(examples) == 3
+    for e in examples:
+        (t1, im1, r1), (t2, im2, r2) = e.context
+        ask = next(q.format(name=e.meta["name"]) for q in ASK_QUESTIONS
+                   if t1 == render(prompts, "grounding", q.format(name=e.meta["name"])))
+        assert '"label": "cards"' in r1 and t2 == render(prompts, "refine", ask) and e.meta["name"] in r2
+        assert im1[0].size == (FRAME, FRAME)
+        card = next(c for c in scene.layout.cards if f"{c.colour} card" == e.meta["name"])
+        assert iou(e.meta["region"], card.box) > 0.8                      # turn 3 shows the card, as the boxes said
+        assert e.prompt.startswith("Based on the provided coordinates") and any(q in e.prompt for q in ZOOM_QUESTIONS)
+        assert e.target == f"\\boxed{{{LETTERS[list(PATTERNS).index(card.detail)]}}}"
+    # through the engine's assembly: three images, and only the last reply is learned
+    backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
+    seq = example_sequence(backend, examples[0])
+    assert len(seq.images) == 3
+    learned = backend.tok.decode([t for t, m in zip(seq.token_ids, seq.loss_mask) if m])
+    assert learned.startswith(examples[0].target) and "bbox_2d" not in learned
+    rows = trained_templates(("group", "zoom3"), "locate")
+    assert [r[0] for r in rows].count("group") == 4 and "never learned" in rows[-1][1]

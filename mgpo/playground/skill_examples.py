@@ -20,6 +20,17 @@ task needs, taught on their own prompts (NOTES "Playground feasibility"):
    colours the cards have, how many cards there are) → ``\\boxed{C}``. Without these, "an overview
    always gets a box" is a shortcut that makes RL's result trivial.
 
+For MGPO with three turns (turn 1 boxes a region, turn 2 the card inside its enlarged crop, turn 3
+answers) on scenes of several cards, two more, never in a scene's examples unless named:
+
+5. ``group`` — one box around every card of the scene (:data:`GROUP_PROMPTS`, image first).
+6. ``zoom3`` — reading in MGPO's third turn, after a turn-1 box around the cards and a turn-2 box
+   on the card inside that crop, both context → ``\\boxed{B}``.
+
+and a wording of ``ground``, ``name-first`` (:data:`NAME_FIRST_PROMPTS`): the name before the
+image, whose tokens then come after it, as a crop comes after the question in MGPO's later turns.
+With the image first, a small model learns where cards are but not which one a name asks for.
+
 Coordinates are snapped to the world's lattice (multiples of 14 in the overview frame, half a
 visual token). Cards sit exactly on that lattice, so the snap is lossless here (IoU 1.0 with the
 card), and a small model learns 17 possible values per coordinate instead of 225 — the coarse
@@ -45,7 +56,8 @@ from .. import geometry
 from ..prompts import LETTERS, format_choices, user_message
 from .world import COLOURS, LATTICE, N_CARDS, PATTERNS, Budgets, Scene, make_scene, question, split_seeds
 
-SKILLS = ("ground", "read", "answer", "cell", "zoom")
+SKILLS = ("ground", "read", "answer", "cell", "zoom", "group", "zoom3")
+BASIC_SKILLS = SKILLS[:5]       # what a scene gives unless skills are named: the two-turn recipe's
 
 # MGPO's turn-1 template around a question other than the task's (one of ASK_QUESTIONS for "ask"),
 # so the question's wording varies and only the card's name decides the box
@@ -55,6 +67,7 @@ GROUND_PROMPTS = {
     "where": _TURN1.replace("{ask}", "Where is the {name}?"),   # one fixed question in MGPO's turn-1 wording
     "ask": _TURN1,                                             # one of ASK_QUESTIONS per example
     "refer": "{refer}",                                        # one of REFER_PROMPTS per example
+    "name-first": "{named}",                                   # one of NAME_FIRST_PROMPTS per example
 }
 # referring grounding in many wordings, as a pretrained VLM meets it: the object named at the
 # start, mid-sentence or at the end, never MGPO's turn-1 template ("Question: … key image area
@@ -77,6 +90,26 @@ REFER_PROMPTS = (
     "<image>Show me the {name}. Output the coordinates in JSON format.",
     "<image>I am looking for the {name}. Output the coordinates of its location in JSON format.",
     "<image>Report the location of the {name} as a bounding box in JSON format.",
+)
+# referring grounding with the name before the image, as multi-image chats and captioned datasets
+# put it: the image's own tokens then come after the name (MGPO's later turns show their crop after
+# the question too). Not MGPO's templates, never a question about a card's parts.
+NAME_FIRST_PROMPTS = (
+    "Find the {name} in the image below. Output its coordinates in JSON format.\n<image>",
+    "Locate the {name} in this image:\n<image>\nOutput the coordinates of the {name} in JSON format.",
+    "The {name} is somewhere in this picture.\n<image>\nOutput its bounding box in JSON format.",
+    "Look for the {name}.\n<image>\nReport its bbox_2d in JSON format.",
+    "Where is the {name}?\n<image>\nOutput its coordinates in JSON format.",
+    "Please box the {name} in the following image and output the box coordinates in JSON format.\n<image>",
+    "I need the location of the {name}.\n<image>\nGive its bbox_2d as JSON.",
+    "Show me the {name}:\n<image>\nOutput the coordinates in JSON format.",
+)
+# grounding a group: one box around every card of the scene (the ``group`` skill)
+GROUP_PROMPTS = (
+    "<image>Locate all the cards in the image. Output the coordinates of the area they cover in JSON format.",
+    "<image>Output the coordinates of the region that holds every card in JSON format.",
+    "<image>Draw one bounding box around all the cards. Output it in JSON format.",
+    "<image>Where are the cards? Output the coordinates of the area around them in JSON format.",
 )
 ASK_QUESTIONS = (
     "Where is the {name}?",
@@ -123,6 +156,8 @@ def trained_templates(skills: Iterable[str], wordings: str = "locate") -> list[t
         for w in dict.fromkeys(x.strip() for x in wordings.split(",") if x.strip()):
             if w == "refer":
                 rows += [("ground", t, box) for t in REFER_PROMPTS]
+            elif w == "name-first":
+                rows += [("ground", t, box) for t in NAME_FIRST_PROMPTS]
             elif w == "ask":
                 rows += [("ground", GROUND_PROMPTS["ask"].replace("{ask}", q), box) for q in ASK_QUESTIONS]
             else:
@@ -138,6 +173,14 @@ def trained_templates(skills: Iterable[str], wordings: str = "locate") -> list[t
                      "turn 2's `\\boxed{letter}` only (the turn-1 box is context)"))
     if "answer" in skills:
         rows.append(("answer", ANSWER, "`\\boxed{letter}` (learned)"))
+    if "group" in skills:
+        rows += [("group", t, "a `bbox_2d` JSON block (the box around every card, learned)") for t in GROUP_PROMPTS]
+    if "zoom3" in skills:
+        rows.append(("zoom3", "turn 1 (context, never learned): " + GROUND_PROMPTS["ask"].replace("{ask}", "<one of ASK_QUESTIONS>")
+                     + " → the box around every card; turn 2 (context, never learned): MGPO's further-look template "
+                       "around the same question, that box's crop → the card's box in it; turn 3: MGPO's turn-2 "
+                       "template around one of: " + " / ".join(ZOOM_QUESTIONS),
+                     "turn 3's `\\boxed{letter}` only (both boxes are context)"))
     return rows
 
 
@@ -199,7 +242,8 @@ def ground_examples(scene: Scene, budgets: Budgets = Budgets(), prompt: str = "l
         # (x1, y1, x2, y2): original pixels → the overview's model frame, snapped to the lattice
         box = snap(geometry.to_frame(card.box, overview.frame, overview.region), overview.frame)
         ask = rng.choice(ASK_QUESTIONS).format(name=name)
-        template = GROUND_PROMPTS[rng.choice(wordings)].replace("{refer}", rng.choice(REFER_PROMPTS))
+        template = GROUND_PROMPTS[rng.choice(wordings)].replace("{refer}", rng.choice(REFER_PROMPTS)).replace(
+            "{named}", rng.choice(NAME_FIRST_PROMPTS))
         out.append(Example("ground", template.format(name=name, ask=ask), [overview.image],
                            bbox_json(box, name, label_first),
                            {"seed": scene.seed, "name": name, "box_model": list(box), "frame": list(overview.frame),
@@ -263,6 +307,54 @@ def zoom_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()
     return out
 
 
+def group_box(scene: Scene, overview: geometry.Prepared):
+    """The box around every card of ``scene`` in the overview's model frame, snapped outwards."""
+    boxes = [geometry.to_frame(c.box, overview.frame, overview.region) for c in scene.layout.cards]
+    x1, y1 = (min(b[k] for b in boxes) for k in (0, 1))
+    x2, y2 = (max(b[k] for b in boxes) for k in (2, 3))
+    return snap((x1, y1, x2, y2), overview.frame)
+
+
+def group_example(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()) -> Example:
+    """Grounding a group: one box around every card (one of :data:`GROUP_PROMPTS`)."""
+    overview = geometry.prepare(scene.image, None, **budgets.engine())
+    box = group_box(scene, overview)
+    return Example("group", rng.choice(GROUP_PROMPTS), [overview.image], bbox_json(box, "cards"),
+                   {"seed": scene.seed, "box_model": list(box), "frame": list(overview.frame),
+                    "region": list(geometry.to_region(box, overview.frame, overview.region))})
+
+
+def zoom3_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()) -> list[Example]:
+    """One three-turn reading example per card, MGPO with a further look as the engine runs it
+    (``max_turns=3``): turn 1 (context) an ``ask`` question in MGPO's turn-1 template answered
+    with the box around every card; turn 2 (context) that box's crop, as the engine cuts it, in
+    the further-look template around the same question, answered with the card's box in that
+    crop; turn 3 the crop of that box in MGPO's turn-2 template with a question of
+    :data:`ZOOM_QUESTIONS` and the four orientations → ``\\boxed{letter}``, the only target."""
+    from ..prompts import get_prompts, render
+
+    prompts = get_prompts("mgpo")
+    overview = geometry.prepare(scene.image, None, **budgets.engine())
+    board = group_box(scene, overview)
+    area = geometry.prepare(scene.image, geometry.to_region(board, overview.frame, overview.region), **budgets.engine())
+    out = []
+    for card in scene.layout.cards:
+        name = f"{card.colour} card"
+        box = snap(geometry.to_frame(card.box, area.frame, area.region), area.frame)
+        region = geometry.to_region(box, area.frame, area.region)
+        crop = geometry.prepare(scene.image, region, **budgets.engine())
+        ask = rng.choice(ASK_QUESTIONS).format(name=name)
+        turn1 = (GROUND_PROMPTS["ask"].format(ask=ask), (overview.image,), bbox_json(board, "cards"))
+        turn2 = (render(prompts, "refine", ask), (area.image,), bbox_json(box, name))
+        choices = list(PATTERNS)
+        letter = LETTERS[choices.index(card.detail)]
+        out.append(Example("zoom3", render(prompts, "crop", rng.choice(ZOOM_QUESTIONS), choices), [crop.image],
+                           f"\\boxed{{{letter}}}",
+                           {"seed": scene.seed, "name": name, "detail": card.detail, "region": list(region),
+                            "choices": choices, "answer": letter}, context=(turn1, turn2)))
+    return out
+
+
 def answer_example(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()) -> Example:
     """A question the overview answers (card colours or count), answered directly."""
     overview = geometry.prepare(scene.image, None, **budgets.engine())
@@ -300,7 +392,7 @@ def cell_examples(scene: Scene, budgets: Budgets = Budgets(), label_first: bool 
     return out
 
 
-def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str] = SKILLS, simple: float = 0.3,
+def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str] = BASIC_SKILLS, simple: float = 0.3,
                    prompt: str = "locate", jitter: int = 0, n_cards: tuple[int, int] = N_CARDS,
                    label_first: bool = False) -> list[Example]:
     """Every example one scene gives: a grounding, a cell and a reading example per card and one direct
@@ -323,6 +415,10 @@ def scene_examples(seed: int, budgets: Budgets = Budgets(), skills: Iterable[str
         out += cell_examples(scene, budgets, label_first)
     if "zoom" in skills:
         out += zoom_examples(scene, rng, budgets)
+    if "group" in skills:
+        out.append(group_example(scene, rng, budgets))
+    if "zoom3" in skills:
+        out += zoom3_examples(scene, rng, budgets)
     return out
 
 
@@ -342,7 +438,8 @@ def corpus(n_scenes: int = 200, split: str = "skills") -> Iterator[str]:
 
     yield CHAT_TEMPLATE.replace("{%", " ").replace("%}", " ")
     yield "You are a helpful assistant. system user assistant"
-    yield from (p.replace("<image>", "\n").format(name="red card") for p in REFER_PROMPTS)
+    yield from (p.replace("<image>", "\n").format(name="red card")
+                for p in (*REFER_PROMPTS, *NAME_FIRST_PROMPTS, *GROUP_PROMPTS))
     for k, ex in enumerate(skill_examples(n_scenes, split=split)):
         yield ex.prompt.replace("<image>", "\n")
         yield ex.target

@@ -142,7 +142,12 @@ def skills_text(cfg: RecipeConfig, steps: int | None = None) -> str:
                       "another question about the card, answered with its box; turn 2 the crop of that box in MGPO's "
                       "turn-2 template with a reading question that does not name the card → the letter of the "
                       "stripes' orientation)"),
-             "answer": "direct answers to questions the overview does answer (colours present, number of cards)"}
+             "answer": "direct answers to questions the overview does answer (colours present, number of cards)",
+             "group": "one box around every card (Qwen's `bbox_2d` JSON on the overview)",
+             "zoom3": ("reading in MGPO's third turn (turn 1 MGPO's grounding template around another question about "
+                       "the card, answered with the box around every card; turn 2 that box's crop in the further-look "
+                       "template, answered with the card's box; turn 3 the crop of that box in MGPO's turn-2 template "
+                       "→ the letter of the stripes' orientation; both boxes context, never learned)")}
     vision = (f"{cfg.vision_steps} steps of vision-tower probe pretraining (card colour, row and column per overview "
               f"token, stripe orientation per crop token{', merger output whitened onto the probe directions' if cfg.vision_whiten else ''}), then "
               if cfg.vision_steps else "")

@@ -147,7 +147,7 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
                 outs = drain(backend.generate(convs, list(range(len(chunk))), Sampling(max_new_tokens=cfg.max_new_tokens)))
             for i, ex in enumerate(chunk):
                 text = outs[i].text
-                if ex.skill in ("ground", "task"):
+                if ex.skill in ("ground", "task", "group"):
                     m = find_bbox(text)
                     v = iou(m.box, ex.meta["box_model"]) if m else 0.0
                     scores.setdefault(f"{ex.skill}_valid", []).append(float(m is not None))

@@ -52,11 +52,12 @@ def rollout_metrics(rollouts, items, comps, scored, rewards: torch.Tensor, group
 
 def sample_rows(items, rollouts, scored, advantages: torch.Tensor) -> list[dict]:
     """What each rollout of a step wrote and earned (``samples.jsonl``): the item and the sample's
-    row in the batch, every turn's text and kind, the first valid box (model frame and original
-    pixels; None when no box was valid), the reward, its parts and the advantage."""
+    row in the batch, every turn's text and kind, the answer's box (the last valid one, whose crop
+    the answer read: model frame and original pixels; None when no box was valid), the reward, its
+    parts and the advantage."""
     rows = []
     for r, (total, parts), a in zip(rollouts, scored, advantages.tolist()):
-        box = next((b for b in r.boxes if b.valid), None)
+        box = r.answer_box
         rows.append({"id": items[r.request].id, "sample": r.sample, "texts": list(r.texts), "kinds": list(r.kinds),
                      "box_model": list(box.box_model) if box else None,
                      "box_original": list(box.box_original) if box else None,

@@ -17,10 +17,10 @@ from .common import follow, warn
 
 PLAYGROUND_INTRO = (
     "A generated world where the answer needs the zoom: each {scene}×{scene} scene hides {world} In turn 1 the "
-    "model sees a {overview}×{overview} overview: a card is easy to find, but its stripes blur to a flat grey square; in "
+    "model sees a {overview}×{overview} overview: {a_card} is easy to find, but its stripes blur to a flat grey square; in "
     "the crop of the card they are plain to see.{turns} The model is a small Qwen2.5-VL trained here from random "
     "weights: base skills first, then MGPO RL with the answer reward alone. {base} **Compare checkpoints** runs every "
-    "checkpoint on the scene side by side. The asked card's true place (green, dashed) is shown after the run."
+    "checkpoint on the scene side by side. The {asked}card's true place (green, dashed) is shown after the run."
 )
 WORLD_ONE_CARD = "one small coloured card in clutter, and the question asks which way the fine stripes on its label run."
 WORLD_CARDS = ("{cards} small cards of different colours in clutter, each with its own stripes; the question names "
@@ -65,8 +65,10 @@ def base_note(release: Release) -> str:
 def intro(release: Release) -> str:
     """The tab's opening paragraph for ``release``: its world (cards a scene), its turns, its base."""
     world = WORLD_ONE_CARD if release.cards == 1 else WORLD_CARDS.format(cards=release.cards)
+    one = release.cards == 1
     return PLAYGROUND_INTRO.format(base=base_note(release), scene=release.budgets().scene, world=world,
-                                   overview=release.overview, turns=THREE_TURNS if release.max_turns == 3 else "")
+                                   overview=release.overview, turns=THREE_TURNS if release.max_turns == 3 else "",
+                                   a_card="the card" if one else "a card", asked="" if one else "asked ")
 
 
 def _scene_markdown(scene) -> str:

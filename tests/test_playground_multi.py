@@ -35,6 +35,25 @@ def test_benchmark_scenes_with_several_cards_name_one_and_list_the_others():
         open_benchmark("playground", limit=1, cards=9)
 
 
+def test_the_world_cli_draws_a_scene_of_several_cards(tmp_path, capsys):
+    from PIL import Image
+
+    from mgpo.playground.world import COLOURS, main as world_cli, make_scene, split_seeds
+
+    assert world_cli(["--seed", "3", "--split", "test", "--cards", "3", "--out", str(tmp_path / "s.png")]) == 0
+    scene = make_scene(split_seeds("test", 1, 3)[0], n_cards=(3, 3))
+    assert scene.question in capsys.readouterr().out and len({c.colour for c in scene.layout.cards}) == 3
+    assert Image.open(tmp_path / "s.png").size == (2048, 2048)
+    overview = Image.open(tmp_path / "s.overview.png").convert("RGB")
+    for card in scene.layout.cards:   # each card's colour, of all the colours the nearest, sits at its place
+        x1, y1 = (v * 224 // 2048 for v in card.box[:2])
+        pixel = overview.getpixel((x1 + 2, y1 + 2))
+        nearest = min(COLOURS, key=lambda c: sum((a - b) ** 2 for a, b in zip(pixel, COLOURS[c])))
+        assert nearest == card.colour
+    assert world_cli(["--cards", "0", "--out", str(tmp_path / "x.png")]) == 2
+    assert "from 1 to 8" in capsys.readouterr().err
+
+
 def _row(boxes, correct=True, others=((0, 0, 100, 100),)):
     return {"gt_box": [500, 500, 600, 600], "correct": correct, "meta": {"other_boxes": [list(o) for o in others]},
             "boxes": [{"valid": v, "box_original": list(b), "box_model": [0, 0, 10, 10], "frame": [224, 224]}

@@ -475,12 +475,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="the overview's side in model pixels; the scene's side grows with it (224: 2048, 280: 2560)")
     p.add_argument("--size", type=int, default=None, help="scene side in original pixels (default: the overview's)")
     p.add_argument("--clutter", type=float, default=1.0)
+    p.add_argument("--cards", type=int, default=1, help="cards of different colours; the question names one")
     p.add_argument("--out", default="scene.png", help="PNG path; .overview.png and .crop.png go next to it")
     args = p.parse_args(argv)
     budgets = Budgets.for_overview(args.overview)
     try:
         seed = split_seeds(args.split, 1, args.seed)[0] if args.split else args.seed
-        scene = make_scene(seed, args.size, budgets, args.clutter)
+        cards = check_cards(args.cards)
+        scene = make_scene(seed, args.size, budgets, args.clutter, n_cards=(cards, cards))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 from . import geometry
-from .events import BoxPredicted, CropReady, FinalAnswer, TextDelta, TurnFinished, TurnStarted
+from .events import BoxPredicted, CropReady, FinalAnswer, TextDelta, TurnFinished, TurnStarted, answer_box
 from .conversation import FedImage, Sampling
 from .images import MAX_IMAGE_PIXELS, load_image
 from .parsing import answer_letter, extract_boxed, parse_bbox
@@ -135,7 +135,7 @@ class Rollout:
     @property
     def answer_box(self) -> BoxPredicted | None:
         """The last valid box: the one whose crop the final answer read (two turns: turn 1's)."""
-        return next((b for b in reversed(self.boxes) if b.valid), None)
+        return answer_box(self.boxes)
 
 
 @dataclass

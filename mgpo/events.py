@@ -87,6 +87,15 @@ class BoxPredicted(Event):
     adjusted: tuple[str, ...] = ()
 
 
+def answer_box(boxes):
+    """The last valid box of a run — its :class:`BoxPredicted` events or their ``to_dict()`` forms,
+    in order — the one whose crop the answer read (with two turns, the only box); None without one."""
+    for b in reversed(list(boxes or ())):
+        if (b.get("valid") if isinstance(b, dict) else b.valid):
+            return b
+    return None
+
+
 @dataclass
 class CropReady(Event):
     """The crop cut from the full-resolution original, at the size it is fed to the model."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .adapters import AdapterPolicy, AdapterStore
 from .engine import Engine, EngineConfig
+from .events import answer_box
 from .eval.scoring import iou
 from .playground.release import Release, ReleaseError
 from .playground.world import MAX_NEW_TOKENS, Budgets, make_scene
@@ -166,8 +167,8 @@ def parse_seed(value) -> int:
 
 @dataclass
 class Verdict:
-    """How a playground run did: the answer against the scene's, and its answer's box (the last valid one) against
-    the hidden box of the target card (analysis only, never shown to the model)."""
+    """How a playground run did: the answer against the scene's, and the answer's box (the last
+    valid one) against the hidden box of the target card (analysis only, never shown to the model)."""
 
     right: bool
     letter: str | None          # the model's choice letter, None without one
@@ -194,6 +195,7 @@ def verdict(scene, final, boxes) -> Verdict:
     valid one, whose crop the answer read (with two turns, the only one)."""
     truth = f"{scene.answer} — {scene.choices[LETTERS.index(scene.answer)]}"
     letter = final.letter if final is not None else None
-    box = next((e.box_original for e in reversed(boxes) if e.valid), None)
+    chosen = answer_box(boxes)
+    box = chosen.box_original if chosen is not None else None
     reason = "" if box is not None else (boxes[0].reason if boxes else "none given")
     return Verdict(letter == scene.answer, letter, truth, box, iou(box, scene.box) if box else None, reason)

@@ -33,6 +33,7 @@ import re
 from collections.abc import Callable, Iterable
 from statistics import mean
 
+from ..events import answer_box
 from ..parsing import answer_letter, extract_boxed
 from ..prompts import LETTERS
 
@@ -174,11 +175,6 @@ def iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def answer_box(row: dict) -> dict | None:
-    """A result row's last valid box: the one whose crop the answer read (two turns: turn 1's)."""
-    return next((b for b in reversed(row.get("boxes") or []) if b.get("valid")), None)
-
-
 def grounding_scores(rows: list[dict]) -> dict | None:
     """IoU of the answer's box (:func:`answer_box`, original pixels) with the hidden ``gt_box`` —
     None when no row has one. ``mean_iou`` is over the items that produced a valid box;
@@ -193,7 +189,7 @@ def grounding_scores(rows: list[dict]) -> dict | None:
         return None
     ious, wrong, with_others = [], 0, 0
     for r in marked:
-        box = answer_box(r)
+        box = answer_box(r.get("boxes"))
         ious.append(None if box is None else iou(box["box_original"], r["gt_box"]))
         others = (r.get("meta") or {}).get("other_boxes")
         if others:
@@ -233,7 +229,7 @@ def slot_grounding(rows: list[dict], hit: list[bool]) -> dict[str, dict]:
         if h:
             entry["hits"] += 1
             continue
-        box = answer_box(r)
+        box = answer_box(r.get("boxes"))
         where = "no box" if box is None else slot_label(*board_slot(box["box_model"], box["frame"]))
         entry["missed_to"][where] = entry["missed_to"].get(where, 0) + 1
     for entry in out.values():

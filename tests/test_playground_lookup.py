@@ -137,6 +137,12 @@ def test_refine_asks_in_mgpos_three_turn_middle_turn_after_a_whole_board_turn_1(
         assert lookup.conversation_images(b) == [a.images[0]] * 2
         # every candidate reply keeps the conversation
         assert all(c.context == b.context and c.prompt == b.prompt for c in candidates([b], slots[0])[0])
+    # the short wording: the same turn without the question after the crop; the name only in turn 1, before it
+    short, cls4, slots4 = scene_items(5, LookupConfig("m", cards=3, refine=True, refine_repeat=False))
+    assert (cls4, slots4) == (cls, slots)
+    for a, b in zip(refine, short):
+        assert b.context == a.context and b.target == a.target and b.prompt == lookup.SHORT_REFINE
+        assert a.meta["name"] not in b.prompt and b.prompt.startswith(a.prompt.split("Question:")[0])
     with pytest.raises(ValueError, match="layout of its own"):
         LookupConfig("m", refine=True, image_again=True).check()
 

@@ -72,6 +72,8 @@ class LookupConfig:
     image_again: bool = False           # the image again after the text (as MGPO's turn-2 crop follows the
                                         # question); the box is read in either, the same frame
     refine: bool = False                # ask in MGPO's three-turn middle turn (turn 1, the board's box, as context)
+    refine_repeat: bool = True          # its template repeats the question after the crop (the engine's); False:
+                                        # only turn 1's question, before the crop (a wording to try)
     score_refine: bool = False          # VAL also asked in that layout (scores suffixed _refine)
     fit_scenes: int = 200               # clean: scenes the tower's additive model is fitted on
 
@@ -134,7 +136,7 @@ def scene_items(seed: int, cfg: LookupConfig, held_out: bool = False):
     if cfg.image_again:
         examples = [replace(ex, prompt=ex.prompt + "<image>", images=list(ex.images) * 2) for ex in examples]
     if cfg.refine:
-        examples = [_as_refine(ex) for ex in examples]
+        examples = [_as_refine(ex, cfg.refine_repeat) for ex in examples]
     frame = (budgets.overview, budgets.overview)
     classes = list(zip(*token_targets(scene, frame)))          # (colour class, row, column) per token
     w, h = (examples[0].meta["box_model"][2] - examples[0].meta["box_model"][0],
@@ -146,11 +148,16 @@ def scene_items(seed: int, cfg: LookupConfig, held_out: bool = False):
     return examples, classes, (slots, cards)
 
 
-def _as_refine(ex):
+SHORT_REFINE = ("Based on the provided coordinates, return the sub-image:\n<image>\nOut the coordinates of the key "
+                "image area relevant to the problem within this sub-image in JSON format.")
+
+
+def _as_refine(ex, repeat: bool = True):
     """``ex`` as the middle turn of a three-turn MGPO conversation: turn 1, in context, the
     overview in MGPO's turn-1 template around the task question naming the card, answered with
     the whole board's box; then that box's crop — the whole board, fed as the overview was, so the
-    same image and frame — in the refine template around the same question, → the card's box."""
+    same image and frame — in the refine template around the same question (``repeat``; else
+    :data:`SHORT_REFINE`, the same words without the question after the crop), → the card's box."""
     from mgpo.playground.skill_examples import bbox_json
     from mgpo.playground.world import question
     from mgpo.prompts import get_prompts, render
@@ -159,7 +166,7 @@ def _as_refine(ex):
     asked = question(ex.meta["name"])
     w, h = ex.meta["frame"]
     turn1 = (render(prompts, "grounding", asked), tuple(ex.images), bbox_json((0, 0, w, h), "board"))
-    return replace(ex, prompt=render(prompts, "refine", asked), context=(turn1,))
+    return replace(ex, prompt=render(prompts, "refine", asked) if repeat else SHORT_REFINE, context=(turn1,))
 
 
 def conversation_images(ex) -> list:
@@ -451,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine", action="store_true",
                    help="a diagnostic: ask in MGPO's three-turn middle turn (turn 1 boxed the whole board; its crop "
                         "follows the question)")
+    p.add_argument("--refine-short", action="store_true",
+                   help="with --refine or --score-refine: the middle turn's text without the question after the crop")
     p.add_argument("--score-refine", action="store_true",
                    help="also score VAL in that middle turn, whatever the training layout (keys *_refine)")
     p.add_argument("--out", type=Path, default=None, help="write the log here (JSON lines)")
@@ -458,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = LookupConfig(a.model, a.features, a.cards, a.overview, a.steps, a.batch, a.lr, a.eval_every,
                        a.eval_scenes, a.fresh, a.seed, label_first=a.label_first,
                        question_first=a.question_first, image_again=a.image_again, refine=a.refine,
-                       score_refine=a.score_refine)
+                       refine_repeat=not a.refine_short, score_refine=a.score_refine)
     try:
         cfg.check()
     except ValueError as e:

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=err)
         return 2
     config = EngineConfig(
-        max_turns=args.max_turns or 2, min_pixels=args.min_pixels or geometry.MIN_PIXELS,
+        max_turns=2 if args.max_turns is None else args.max_turns, min_pixels=args.min_pixels or geometry.MIN_PIXELS,
         max_pixels=args.max_pixels or geometry.MAX_PIXELS, box_rule=args.box_rule,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
     )

@@ -31,8 +31,9 @@ def test_benchmark_scenes_with_several_cards_name_one_and_list_the_others():
     # the default world is one card: its scenes and its name stay as they were
     one = open_benchmark("playground", seed=4, limit=1)
     assert "cards" not in one.variant and "other_boxes" not in next(one.items()).meta
-    with pytest.raises(DataError, match="from 1 to 8"):
-        open_benchmark("playground", limit=1, cards=9)
+    for bad in (9, 0):
+        with pytest.raises(DataError, match="from 1 to 8"):
+            open_benchmark("playground", limit=1, cards=bad)
 
 
 def test_the_world_cli_draws_a_scene_of_several_cards(tmp_path, capsys):

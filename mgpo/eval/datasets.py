@@ -396,7 +396,7 @@ def open_playground(start: int = 0, n: int = PLAYGROUND_ITEMS, split: str = "tes
             raise ValueError(f"split {split!r}: evaluate on test or val scenes only")
         seeds = split_seeds(split, n, start)
         budgets = Budgets.for_overview(overview)
-        cards = check_cards(cards or 1)
+        cards = check_cards(1 if cards is None else cards)
     except ValueError as e:
         raise DataError(f"playground: {e}") from None
     drawn = "" if budgets == Budgets() else f", {budgets.scene}² scenes for a {budgets.overview}² overview"

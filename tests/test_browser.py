@@ -30,6 +30,14 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium chromium-driver)", allow_module_level=True)
 
 
+def loaded_width(img) -> int:
+    """The natural width of an ``<img>`` once it has loaded (a busy machine can show the element
+    before its picture arrives)."""
+    img.wait_for()
+    img.page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img.element_handle(), timeout=30_000)
+    return img.evaluate("img => img.naturalWidth")
+
+
 @pytest.fixture(scope="module")
 def browser():
     with playwright.sync_playwright() as p:
@@ -89,10 +97,10 @@ def test_example_run_shows_the_box_the_crop_and_the_answer(page, scripted_url):
     page.wait_for_function("document.querySelector('#status').innerText.includes('Done in')", timeout=30_000)
     boxes = page.locator("#boxes img").first
     boxes.wait_for()
-    assert boxes.evaluate("img => img.complete && img.naturalWidth") == 1280
+    assert loaded_width(boxes) == 1280
     crop = page.locator("#crops img").first
     crop.wait_for()
-    assert crop.evaluate("img => img.complete && img.naturalWidth") > 200
+    assert loaded_width(crop) > 200
     assert page.get_by_text("Cropping region (").count() >= 1
     assert page.locator("#stats").get_by_text("grounding").count() >= 1
     readme_shot(page, "app")
@@ -226,7 +234,7 @@ def test_playground_tab_runs_a_checkpoint_on_a_new_scene(page, playground_url):
     assert result.startswith(("✓ Right", "✗ Wrong")) and "the answer is" in result or "Right" in result
     boxes = page.locator("#pg-boxes img").first
     boxes.wait_for()
-    assert boxes.evaluate("img => img.complete && img.naturalWidth") == 1024   # the truth-vs-model drawing
+    assert loaded_width(boxes) == 1024   # the truth-vs-model drawing
     assert page.get_by_text("Turn 1 · find the key area on the full image").count() >= 1
     assert page.locator("#pg-summary").get_by_text("after · mgpo").count() == 1
     ARTIFACTS.mkdir(exist_ok=True)
@@ -241,7 +249,7 @@ def test_playground_tab_runs_a_checkpoint_on_a_new_scene(page, playground_url):
     assert rows.count() == 4                                     # the header and one row per checkpoint
     drawn = page.locator("#pg-compare-boxes img").first
     drawn.wait_for()
-    assert drawn.evaluate("img => img.complete && img.naturalWidth") == 1024
+    assert loaded_width(drawn) == 1024
     page.locator("#pg-compare-panel").screenshot(path=str(ARTIFACTS / "playground-compare.png"))
 
 
@@ -262,7 +270,7 @@ def test_app_py_offline_opens_on_the_shipped_playground_and_it_answers(page, tmp
         assert page.locator("#pg-result").inner_text().startswith(("✓ Right", "✗ Wrong"))
         boxes = page.locator("#pg-boxes img").first
         boxes.wait_for()
-        assert boxes.evaluate("img => img.complete && img.naturalWidth") == 1024
+        assert loaded_width(boxes) == 1024
         assert page.get_by_text("Turn 2 ·").count() >= 1            # it zoomed: a valid box, then the crop
         readme_shot(page, "playground-shipped")
         page.locator("#pg-compare").click()

@@ -217,6 +217,12 @@ def bbox_json(box, label: str, label_first: bool = False) -> str:
     return f"```json\n[\n    {obj}\n]\n```"
 
 
+def _orientation_choices(card) -> tuple[list[str], str]:
+    """The four orientations as the task lists them (its fixed order) and the letter of ``card``'s."""
+    choices = list(PATTERNS)
+    return choices, LETTERS[choices.index(card.detail)]
+
+
 def snap(box, frame, step: int = LATTICE):
     """A model-frame box rounded to multiples of ``step`` and kept inside ``frame``, ≥ one step wide."""
     x1, y1, x2, y2 = (int(round(v / step)) * step for v in box)
@@ -267,8 +273,7 @@ def read_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()
         if rng.random() < 0.5:
             out.append(Example("read", READ_OPEN, [crop.image], f"\\boxed{{{card.detail}}}", meta))
         else:
-            choices = list(PATTERNS)   # the task's fixed order
-            letter = LETTERS[choices.index(card.detail)]
+            choices, letter = _orientation_choices(card)
             out.append(Example("read", READ_CHOICES.format(choices=format_choices(choices)), [crop.image],
                                f"\\boxed{{{letter}}}", {**meta, "choices": choices, "answer": letter}))
     return out
@@ -298,8 +303,7 @@ def zoom_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets()
         crop = geometry.prepare(scene.image, region, **budgets.engine())
         ask = rng.choice(ASK_QUESTIONS).format(name=name)
         turn1 = (GROUND_PROMPTS["ask"].format(ask=ask), (overview.image,), bbox_json(box, name))
-        choices = list(PATTERNS)
-        letter = LETTERS[choices.index(card.detail)]
+        choices, letter = _orientation_choices(card)
         text = render(prompts, "crop", rng.choice(ZOOM_QUESTIONS), choices)
         out.append(Example("zoom", text, [crop.image], f"\\boxed{{{letter}}}",
                            {"seed": scene.seed, "name": name, "detail": card.detail, "region": list(region),
@@ -346,8 +350,7 @@ def zoom3_examples(scene: Scene, rng: random.Random, budgets: Budgets = Budgets(
         ask = rng.choice(ASK_QUESTIONS).format(name=name)
         turn1 = (GROUND_PROMPTS["ask"].format(ask=ask), (overview.image,), bbox_json(board, "cards"))
         turn2 = (render(prompts, "refine", ask), (area.image,), bbox_json(box, name))
-        choices = list(PATTERNS)
-        letter = LETTERS[choices.index(card.detail)]
+        choices, letter = _orientation_choices(card)
         out.append(Example("zoom3", render(prompts, "crop", rng.choice(ZOOM_QUESTIONS), choices), [crop.image],
                            f"\\boxed{{{letter}}}",
                            {"seed": scene.seed, "name": name, "detail": card.detail, "region": list(region),

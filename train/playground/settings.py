@@ -173,7 +173,7 @@ class RecipeConfig:
         try:
             check_cards(self.cards)
         except ValueError as e:
-            problems.append(str(e).replace("cards a scene", "cards"))
+            problems.append(str(e))
         if self.turns not in (2, 3):
             problems.append(f"turns must be 2 (the paper's MGPO) or 3 (a look inside the crop first), not {self.turns!r}")
         if self.rl_mini_batches < 1 or self.prompts_per_step % self.rl_mini_batches:

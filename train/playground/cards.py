@@ -169,7 +169,9 @@ def skills_text(cfg: RecipeConfig, steps: int | None = None) -> str:
              if any(ph.vision for ph, _ in done) else "the language model, the vision tower frozen")
     return (f"{vision}a full fine-tune of {tuned} (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
             f"on scenes of the \"skills\" seed range{f' from index {cfg.skill_start:,}' if cfg.skill_start else ''} "
-            f"with {_cards(cfg)}: {phases}. Skills: {skills}. "
+            f"with {_cards(cfg)}"
+            f"{f' (each phase {cfg.skill_pool:,} scenes, drawn once and read over and over)' if cfg.skill_pool else ''}"
+            f": {phases}. Skills: {skills}. "
             + NEVER + (NEVER_MGPO if "ask" not in cfg.skill_prompt and "where" not in cfg.skill_prompt else BUT_MGPO))
 
 

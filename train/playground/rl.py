@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .settings import RecipeConfig
-from .runtime import data_workers, scene_map
+from .runtime import pool_workers, scene_map
 
 
 def write_rl_data(out: Path, n: int, start: int = 0, workers: int = 0, budgets=None, cards: int = 1) -> Path:
@@ -85,7 +85,7 @@ def run_rl(cfg: RecipeConfig, base: Path, out: Path) -> dict:
 
     from ..loop import Trainer
 
-    data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes, workers=data_workers(cfg), budgets=cfg.budgets(),
+    data = write_rl_data(out.parent / "rl_data", cfg.rl_scenes, workers=pool_workers(cfg), budgets=cfg.budgets(),
                          cards=cfg.cards)
     truth, others = {}, {}
     for line in data.read_text().splitlines():

@@ -30,6 +30,14 @@ def data_workers(cfg: RecipeConfig) -> int:
     return max(0, (os.cpu_count() or 1) - 1) if cuda_available() else 0
 
 
+def pool_workers(cfg: RecipeConfig) -> int:
+    """Processes drawing scenes before training starts (a skill pool, RL's scenes), when nothing
+    else needs the CPUs: ``cfg.workers``, or with -1 every CPU."""
+    import os
+
+    return cfg.workers if cfg.workers >= 0 else (os.cpu_count() or 1)
+
+
 def scene_map(fn, seeds, workers: int = 0):
     """``fn(seed)`` for each seed of the (possibly endless) iterable, in order. With ``workers`` > 0
     that many processes compute ahead, at most ``4 × workers`` results waiting (bounded memory);

@@ -89,6 +89,9 @@ class RecipeConfig:
     skill_system: str = "mgpo,default"   # system prompts of the skill examples, one per example: mgpo (the paper's) | default
     skill_simple: float = 0.3         # share of clutter-free skill scenes
     skill_buffer: int = 8             # scenes shuffled together in the example stream
+    skill_pool: int = 0               # > 0: each phase renders this many scenes once and cycles over their examples,
+                                      # reshuffled each pass (a scene costs more to draw than a step of the cpu model
+                                      # learns from it); 0: fresh scenes all the way
     skill_eval_every: int = 0         # held-out skill scores every N steps (0: at the end only if > 0 steps)
     skill_eval_scenes: int = 12       # VAL scenes of each held-out skill evaluation
     skills: str = "ground,read,answer,cell"   # mgpo.playground.skill_examples.SKILLS in the mix (without a curriculum)
@@ -147,7 +150,7 @@ class RecipeConfig:
                 problems.append(f"{name} must be at least 1")
         if self.hidden % 8:
             problems.append("hidden must be a multiple of 8 (4 heads with an even M-RoPE split)")
-        for name in ("skill_steps", "rl_steps", "skill_eval_every", "skill_start"):
+        for name in ("skill_steps", "rl_steps", "skill_eval_every", "skill_start", "skill_pool"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be ≥ 0")
         if self.skill_start >= VISION_START:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import random
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from .cards import base_card
 from .settings import RecipeConfig, phase_start, trains_vision
-from .runtime import cycle_seeds, data_workers, echo, scene_map
+from .runtime import cycle_seeds, data_workers, echo, pool_workers, scene_map
 
 
 @dataclass
@@ -85,7 +86,9 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
     """An endless stream of skill examples from consecutive scenes of ``split``, shuffled within a
     buffer of ``cfg.skill_buffer`` scenes so a batch mixes scenes and skills. Each example is
     ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``);
-    ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``)."""
+    ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``). With
+    ``cfg.skill_pool`` the stream is that many scenes' examples instead, drawn once and reshuffled
+    each pass."""
     from mgpo.playground.skill_examples import scene_examples
     from mgpo.playground.world import SPLITS
 
@@ -96,6 +99,14 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
                              prompt=cfg.skill_prompt, simple=cfg.skill_simple if simple is None else simple,
                              n_cards=(cfg.min_cards, cfg.max_cards),
                              label_first=cfg.label_first)
+    if cfg.skill_pool:   # drawn once before training (every CPU's worker: nothing trains meanwhile), then cycled
+        seeds = itertools.islice(cycle_seeds(lo, hi, lo + start), cfg.skill_pool)
+        pool = [ex for exs in scene_map(make, seeds, pool_workers(cfg)) for ex in exs]
+        echo(f"skills: a pool of {len(pool)} examples from {cfg.skill_pool} scenes")
+        while True:
+            order = list(pool)
+            rng.shuffle(order)
+            yield from ((ex, rng.choice(systems)) for ex in order)
     scenes = scene_map(make, cycle_seeds(lo, hi, lo + start), data_workers(cfg))
     buffer: list = []
     while True:

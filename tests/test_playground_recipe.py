@@ -275,22 +275,20 @@ def test_a_skill_pool_draws_its_scenes_once_and_cycles_over_them_reshuffled(monk
     import itertools
 
     import mgpo.playground.skill_examples as examples
+    from mgpo.playground.world import SPLITS
 
     drawn = []
     real = examples.scene_examples
     monkeypatch.setattr(examples, "scene_examples", lambda seed, **kw: drawn.append(seed) or real(seed, **kw))
     cfg = settings.RecipeConfig.for_size("ci", workers=0, skill_pool=3)
     stream = skills.skill_stream(cfg, skills=("ground",), start=5)
-    first, second = (list(itertools.islice(stream, 3)) for _ in range(2))
+    targets = [ex.prompt + ex.target for ex, _ in itertools.islice(stream, 30)]
     stream.close()
-    from mgpo.playground.world import SPLITS
-
     lo = SPLITS["skills"][0]
     assert drawn == [lo + 5, lo + 6, lo + 7]            # three scenes from the phase's start, each drawn once
-    key = [ex.prompt + ex.target for ex, _ in first]
-    assert sorted(key) == sorted(ex.prompt + ex.target for ex, _ in second) and len(set(key)) == 3
-    passes = [[ex.target for ex, _ in itertools.islice(skills.skill_stream(cfg, skills=("ground",)), 30)]]
-    assert any(passes[0][i:i + 3] != passes[0][:3] for i in range(3, 30, 3))   # each pass in its own order
+    passes = [targets[i:i + 3] for i in range(0, 30, 3)]
+    assert len(set(passes[0])) == 3 and all(sorted(p) == sorted(passes[0]) for p in passes)   # the same examples
+    assert any(p != passes[0] for p in passes)          # each pass in its own order
     with pytest.raises(ValueError, match="skill_pool"):
         settings.RecipeConfig(skill_pool=-1).check()
 

@@ -34,7 +34,7 @@ def test_a_base_card_saved_mid_run_tells_the_steps_it_ran_not_the_plan():
     assert "cell for 500 steps at lr 0.002" in mid and "cell+ground for 100 of 800 planned steps at lr 0.0005" in mid
     assert "stopped there, after 600 of the 1700 planned steps (1 later phase not run)" in mid
     assert "cell+ground+zoom" not in mid and "zoom:" not in mid and "| zoom |" not in mid   # never reached
-    assert "| ground | `<image>Locate the {name}" in mid
+    assert "| ground | MGPO's (1 in 2) or the chat template's default (1 in 2) | `<image>Locate the {name}" in mid
     done = cards.base_card(cfg, [{"step": 1700, "loss": 0.4}])
     assert "cell+ground+zoom for 400 steps at lr 0.001" in done and "stopped there" not in done
     edge = cards.base_card(cfg, [{"step": 500, "loss": 0.4}])   # saved at a phase's end: the next ones not run

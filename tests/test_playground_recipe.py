@@ -6,6 +6,7 @@ Fast tests check the pieces on the tiny model; the slow one runs the CPU-sized r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -293,6 +294,32 @@ def test_a_skill_pool_draws_its_scenes_once_and_cycles_over_them_reshuffled(monk
         settings.RecipeConfig(skill_pool=-1).check()
 
 
+def test_a_skill_can_carry_its_own_system_prompts():
+    import itertools
+
+    cfg = settings.RecipeConfig.for_size("ci", workers=0, skill_pool=2, skill_system="mgpo, default ground=default")
+    assert cfg.skill_systems("ground") == ("default",) and cfg.skill_systems("answer") == ("mgpo", "default")
+    cfg = dataclasses.replace(cfg, skill_system="mgpo ground=default")
+    stream = skills.skill_stream(cfg, skills=("ground", "answer"))
+    pairs = list(itertools.islice(stream, 24))
+    stream.close()
+    assert {ex.skill for ex, _ in pairs} == {"ground", "answer"}
+    assert all(system is None for ex, system in pairs if ex.skill == "ground")
+    assert all(system == skills.skill_system_prompt("mgpo") for ex, system in pairs if ex.skill == "answer")
+    table = cards.templates_markdown(cfg)     # the base card says which system prompt each skill trained under
+    assert "| ground | the chat template's default | `" in table and "| answer | MGPO's | `<image>" in table
+    cfg = dataclasses.replace(cfg, skill_system="mgpo ground=default,default,default,mgpo")   # a kind named 3 times
+    assert "| ground | the chat template's default (3 in 4) or MGPO's (1 in 4) | `" in cards.templates_markdown(cfg)
+    stream = skills.skill_stream(cfg, skills=("ground",))
+    grounds = [system for _, system in itertools.islice(stream, 400)]
+    stream.close()
+    assert 0.18 < grounds.count(skills.skill_system_prompt("mgpo")) / 400 < 0.32
+    for bad in ("mgpo ground=x", "ground=default", "mgpo default", "mgpo bogus=default",
+                "mgpo ground=default ground=mgpo", "mgpo ground=default default"):
+        with pytest.raises(ValueError, match="skill_system"):
+            settings.RecipeConfig(skill_system=bad).check()
+
+
 def _mean(xs):
     return sum(xs) / len(xs)
 
@@ -397,6 +424,10 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     assert steps[0]["lr"] != steps[3]["lr"]
     assert set(summary["skills"]["eval"]) == {"answer", "cell", "ground_hit", "ground_iou", "ground_valid", "zoom",
                                               "task_hit", "task_iou", "task_valid", "task_t1_valid", "task_t1_hit"}
+    # the base at each evaluation is kept, so a base can be chosen on VAL; the last one is the base itself
+    snaps = out / "base-snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["step-00003", "step-00006"]
+    assert (snaps / "step-00006" / "model.safetensors").read_bytes() == (out / "base" / "model.safetensors").read_bytes()
     rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(0.0 <= r["iou"] <= 1.0 for r in rows)
     assert all(0.0 <= r["hit"] <= r["valid_box"] for r in rows)

@@ -185,9 +185,20 @@ def templates_markdown(cfg: RecipeConfig, steps: int | None = None) -> str:
     what it learned, as a Markdown table ({name} = "red card" etc.; ⏎ = a line break)."""
     from mgpo.playground.skill_examples import trained_templates
 
-    rows = [f"| {skill} | `{t.replace(chr(10), ' ⏎ ')}` | {target} |"
+    rows = [f"| {skill} | {_systems_text(cfg.skill_systems(skill))} | "
+            f"`{t.replace(chr(10), ' ⏎ ')}` | {target} |"
             for skill, t, target in trained_templates(trained_skills(cfg, steps), cfg.skill_prompt)]
-    return "\n".join(["| skill | prompt template | target |", "|---|---|---|", *rows])
+    return "\n".join(["| skill | system prompt (one drawn per example) | prompt template | target |",
+                      "|---|---|---|---|", *rows])
+
+
+def _systems_text(kinds: tuple[str, ...]) -> str:
+    """"MGPO's", or each system prompt with its share where a skill draws from several."""
+    names = {"mgpo": "MGPO's", "default": "the chat template's default"}
+    counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
+    if len(counts) == 1:
+        return names[kinds[0]]
+    return " or ".join(f"{names[k]} ({n} in {len(kinds)})" for k, n in counts.items())
 
 
 def _cards(cfg: RecipeConfig) -> str:

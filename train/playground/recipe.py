@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, fields
@@ -155,8 +156,6 @@ def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
     """The release folder the app's Playground tab and the CLI load (:mod:`mgpo.playground.release`):
     ``model/`` (the base-skills model), ``adapters/step-NNNN`` (early, middle, late RL), the
     index, the RL metrics and curves, the summary and a model card."""
-    import shutil
-
     from mgpo.playground.release import Checkpoint, Release, write_index
 
     from ..metrics import plot
@@ -223,7 +222,8 @@ def run(cfg: RecipeConfig) -> dict:
         if cfg.vision_steps:
             vhist = pretrain_vision(loaded, cfg, out / "vision.jsonl")
             summary["vision"] = {"steps": len(vhist), "last_loss": vhist[-1]["loss"], "accuracy": vhist[-1]["accuracy"]}
-        hist = train_skills(loaded, cfg, out / "skills.jsonl", save_to=base_dir)
+        shutil.rmtree(out / "base-snapshots", ignore_errors=True)   # an earlier base's
+        hist = train_skills(loaded, cfg, out / "skills.jsonl", save_to=base_dir, snapshots=out / "base-snapshots")
         save_checkpoint(loaded, base_dir, base_card(cfg, hist))
         evals = [r for r in hist if "eval" in r]
         summary["skills"] = {"steps": len(hist), "first_loss": hist[0]["loss"] if hist else None,
@@ -235,8 +235,6 @@ def run(cfg: RecipeConfig) -> dict:
     if "rl" in stages:
         t = time.perf_counter()
         if "skills" in stages and rl_dir.exists():   # a new base: the RL of the old one is stale
-            import shutil
-
             shutil.rmtree(rl_dir)
         run_rl(cfg, base_dir, rl_dir)   # resumes from its newest checkpoint in rl_dir, if any
         summary["rl_curve"] = rl_curve(rl_dir / "metrics.jsonl")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from mgpo.playground.world import MAX_NEW_TOKENS, N_CARDS, OVERVIEWS, Budgets, check_cards
@@ -86,7 +88,9 @@ class RecipeConfig:
     skill_batch: int = 16             # examples per step
     skill_lr: float = 2e-3            # learning rate (without a curriculum)
     skill_prompt: str = "locate,where"   # grounding wordings (mgpo.playground.skill_examples.GROUND_PROMPTS), one per example
-    skill_system: str = "mgpo,default"   # system prompts of the skill examples, one per example: mgpo (the paper's) | default
+    skill_system: str = "mgpo,default"   # system prompts of the skill examples, one drawn per example: mgpo (the
+                                      # paper's) | default (the chat template's); "mgpo,default ground=default"
+                                      # gives a skill its own; a kind named twice is drawn twice as often
     skill_simple: float = 0.3         # share of clutter-free skill scenes
     skill_buffer: int = 8             # scenes shuffled together in the example stream
     skill_pool: int = 0               # > 0: each phase renders this many scenes once and cycles over their examples,
@@ -157,8 +161,10 @@ class RecipeConfig:
             problems.append(f"skill_start must be below {VISION_START} (the vision probe reads the skills range from there)")
         if not set(w.strip() for w in self.skill_prompt.split(",")) <= set(GROUND_PROMPTS):
             problems.append(f"skill_prompt must be one or more of {', '.join(GROUND_PROMPTS)} (comma-separated)")
-        if not set(w.strip() for w in self.skill_system.split(",")) <= {"mgpo", "default"}:
-            problems.append("skill_system must be mgpo, default or both (comma-separated)")
+        try:
+            self.skill_systems("ground")
+        except ValueError as e:
+            problems.append(str(e))
         try:
             phases = self.phases()
         except ValueError as e:
@@ -213,6 +219,29 @@ class RecipeConfig:
                                  "cell,ground:900:5e-4, ground:300:2e-3:0.3 for 30 % clutter-free scenes, "
                                  "ground:300:3e-4:0.3:vision to train the vision tower too)") from None
         return out
+
+    def skill_systems(self, skill: str) -> tuple[str, ...]:
+        """The system prompts ``skill``'s examples carry, one drawn per example: ``skill_system`` is
+        one list for every skill ("mgpo,default"), then any skill's own ("ground=default"); a kind
+        listed n times is drawn n times as often ("ground=default,default,default,mgpo")."""
+        from mgpo.playground.skill_examples import SKILLS
+
+        every, own = None, {}
+        for part in re.split(r"\s+(?=[\w-]+=)", self.skill_system.strip()):
+            name, _, kinds = part.rpartition("=")
+            listed = tuple(k.strip() for k in kinds.split(",") if k.strip())
+            if not listed or not set(listed) <= {"mgpo", "default"} or (name and name not in SKILLS) \
+                    or (name in own if name else every is not None):
+                every = None
+                break
+            if name:
+                own[name] = listed
+            else:
+                every = listed
+        if every is None:
+            raise ValueError(f"skill_system {self.skill_system!r} is not KINDS [SKILL=KINDS ...] with KINDS mgpo, "
+                             "default or both, comma-separated (e.g. \"mgpo,default ground=default\")")
+        return own.get(skill, every)
 
     def skill_list(self) -> tuple[str, ...]:
         """Every skill the stage trains, in the order they first appear."""

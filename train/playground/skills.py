@@ -89,11 +89,11 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
     ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``). With
     ``cfg.skill_pool`` the stream is that many scenes' examples instead, drawn once and reshuffled
     each pass."""
-    from mgpo.playground.skill_examples import scene_examples
+    from mgpo.playground.skill_examples import SKILLS, scene_examples
     from mgpo.playground.world import SPLITS
 
     rng = random.Random(f"{cfg.seed}:{split}:{start}")
-    systems = [skill_system_prompt(k.strip()) for k in cfg.skill_system.split(",") if k.strip()]
+    systems = {name: [skill_system_prompt(k) for k in cfg.skill_systems(name)] for name in SKILLS}
     lo, hi = SPLITS[split]
     make = functools.partial(scene_examples, budgets=cfg.budgets(), skills=skills or cfg.skill_list(),
                              prompt=cfg.skill_prompt, simple=cfg.skill_simple if simple is None else simple,
@@ -106,7 +106,7 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
         while True:
             order = list(pool)
             rng.shuffle(order)
-            yield from ((ex, rng.choice(systems)) for ex in order)
+            yield from ((ex, rng.choice(systems[ex.skill])) for ex in order)
     scenes = scene_map(make, cycle_seeds(lo, hi, lo + start), data_workers(cfg))
     buffer: list = []
     while True:
@@ -114,15 +114,18 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
             buffer += next(scenes)
         rng.shuffle(buffer)
         for _ in range(len(buffer) // 2):
-            yield buffer.pop(), rng.choice(systems)
+            ex = buffer.pop()
+            yield ex, rng.choice(systems[ex.skill])
 
 
 def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     """Greedy base-skill scores on held-out VAL scenes: grounding (valid JSON box, mean IoU with
     the card, share with IoU ≥ 0.5), reading and direct-answer accuracy — and, for analysis
     only, the same grounding scores under the task's own turn 1 (``task_*``: MGPO's grounding
-    prompt around the task question, which the skills never train with a box), greedy and sampled
-    at temperature 1 as RL samples it (``task_t1_valid``, ``task_t1_hit``: 4 samples a scene)."""
+    prompt around the task question, which the skills never train with a box, after MGPO's system
+    prompt as RL and the eval harness give it), greedy and sampled at temperature 1 as RL samples
+    it (``task_t1_valid``, ``task_t1_hit``: 4 samples a scene). Each skill is prompted with the
+    first of its own system prompts (``cfg.skill_systems``)."""
     import dataclasses
 
     import torch
@@ -130,23 +133,23 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     from mgpo.engine import drain
     from mgpo.eval.scoring import iou
     from mgpo.parsing import find_bbox
-    from mgpo.playground.skill_examples import ground_examples, scene_examples
+    from mgpo.playground.skill_examples import SKILLS, ground_examples, scene_examples
     from mgpo.playground.world import make_scene, split_seeds
     from mgpo.prompts import get_prompts, render
     from mgpo.conversation import Sampling
 
-    system = skill_system_prompt(cfg.skill_system.split(",")[0].strip())
+    systems = {name: skill_system_prompt(cfg.skill_systems(name)[0]) for name in SKILLS}
+    systems["task"] = skill_system_prompt("mgpo")   # as RL's rollouts and the eval harness prompt turn 1
     seeds = split_seeds("val", n_scenes)
     budgets = cfg.budgets()
     examples = [ex for seed in seeds for ex in scene_examples(
         seed, budgets, skills=cfg.skill_list(), prompt=cfg.skill_prompt, simple=0.0,
         n_cards=(cfg.min_cards, cfg.max_cards), label_first=cfg.label_first)]
-    if "ground" in cfg.skill_list():
-        for seed in seeds:
-            scene = make_scene(seed, budgets=budgets, n_cards=(cfg.min_cards, cfg.max_cards))
-            target = next(e for e in ground_examples(scene, budgets) if e.meta["box_original"] == list(scene.box))
-            examples.append(dataclasses.replace(target, skill="task",
-                                                prompt=render(get_prompts("mgpo"), "grounding", scene.question)))
+    for seed in seeds:   # always: whether RL will have a signal is the question before every RL run
+        scene = make_scene(seed, budgets=budgets, n_cards=(cfg.min_cards, cfg.max_cards))
+        target = next(e for e in ground_examples(scene, budgets) if e.meta["box_original"] == list(scene.box))
+        examples.append(dataclasses.replace(target, skill="task",
+                                            prompt=render(get_prompts("mgpo"), "grounding", scene.question)))
     scores: dict[str, list[float]] = {}
     was_training = backend.core.training
     backend.core.eval()
@@ -154,7 +157,7 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
         for k in range(0, len(examples), 16):
             chunk = examples[k:k + 16]
             with torch.no_grad():
-                convs = example_prompts(backend, chunk, [system] * len(chunk))
+                convs = example_prompts(backend, chunk, [systems[ex.skill] for ex in chunk])
                 outs = drain(backend.generate(convs, list(range(len(chunk))), Sampling(max_new_tokens=cfg.max_new_tokens)))
             for i, ex in enumerate(chunk):
                 text = outs[i].text
@@ -172,7 +175,7 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
         for k in range(0, len(tasks), 16):
             chunk = tasks[k:k + 16]
             with torch.no_grad():
-                convs = example_prompts(backend, chunk, [system] * len(chunk))
+                convs = example_prompts(backend, chunk, [systems[ex.skill] for ex in chunk])
                 outs = drain(backend.generate(convs, list(range(len(chunk))), Sampling(
                     temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + k)))
             for i, ex in enumerate(chunk):
@@ -185,12 +188,15 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     return {k: sum(v) / len(v) for k, v in sorted(scores.items())}
 
 
-def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_to: Path | None = None) -> list[dict]:
+def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_to: Path | None = None,
+                 snapshots: Path | None = None) -> list[dict]:
     """Full fine-tune on streams of skill examples, phase by phase (:meth:`RecipeConfig.phases`:
     each its own skills, steps and learning rate, a fresh AdamW with warm-up and cosine decay);
     returns the per-step log (loss per skill and, every ``cfg.skill_eval_every`` steps and at the
     end of each phase, held-out scores of every skill of the curriculum). ``save_to``: also
-    written there at every evaluation, so a long run can be stopped and still leave a model."""
+    written there at every evaluation, so a long run can be stopped and still leave a model;
+    ``snapshots``: and kept there as ``step-NNNNN`` (a base to start RL from can then be chosen on
+    the VAL scores the log holds for each)."""
     import torch
 
     from mgpo.generation import QwenBackend
@@ -243,7 +249,10 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
                          ", ".join(f"{name} {v:.2f}" for name, v in row["eval"].items()))
                     if save_to is not None:
                         core.eval()
-                        save_checkpoint(loaded, save_to, base_card(cfg, history + [row]))
+                        card = base_card(cfg, history + [row])
+                        save_checkpoint(loaded, save_to, card)
+                        if snapshots is not None:
+                            save_checkpoint(loaded, snapshots / f"step-{step:05d}", card)
                         core.train()
                 history.append(row)
                 if log:

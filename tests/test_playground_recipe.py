@@ -320,6 +320,23 @@ def test_a_skill_can_carry_its_own_system_prompts():
             settings.RecipeConfig(skill_system=bad).check()
 
 
+def test_skill_eval_prompts_the_tasks_turn_1_after_mgpos_system_prompt(tiny_loaded, monkeypatch):
+    """Whatever system prompt the skills train with, the task's turn 1 is scored as RL and the eval
+    harness prompt it (a base that grounds only after its own system prompt scores 0 there), and
+    it is scored even when no phase trains grounding."""
+    from mgpo.generation import QwenBackend
+
+    seen, real = [], skills.example_prompts
+    monkeypatch.setattr(skills, "example_prompts", lambda backend, exs, systems: seen.extend(
+        zip([e.skill for e in exs], systems)) or real(backend, exs, systems))
+    cfg = settings.RecipeConfig(curriculum="cell:1:1e-3", skill_system="default", max_new_tokens=8, workers=0)
+    scores = skills.skill_eval(QwenBackend(tiny_loaded.model, tiny_loaded.processor), cfg, n_scenes=1)
+    assert {"cell", "task_valid", "task_hit", "task_t1_valid", "task_t1_hit"} <= set(scores)
+    assert {system for skill, system in seen if skill == "task"} == {skills.skill_system_prompt("mgpo")}
+    assert {system for skill, system in seen if skill == "cell"} == {None}
+    assert sum(skill == "task" for skill, _ in seen) == 5      # greedy once, then 4 samples at T = 1
+
+
 def _mean(xs):
     return sum(xs) / len(xs)
 

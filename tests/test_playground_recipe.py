@@ -6,7 +6,6 @@ Fast tests check the pieces on the tiny model; the slow one runs the CPU-sized r
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import pytest
@@ -257,84 +256,6 @@ def test_only_the_vision_phases_move_the_vision_tower(tiny_loaded, monkeypatch):
     assert not moved(v0, v1) and moved(t0, t1)      # phase 1: the language model only
     assert moved(v1, v2) and moved(t1, t2)          # phase 2: the tower too
     assert not any(p.requires_grad for p in loaded.model.parameters())   # left frozen for what comes next
-
-
-def test_a_phases_clutter_share_reaches_the_scenes_its_stream_draws(monkeypatch):
-    import mgpo.playground.skill_examples as examples
-
-    seen = []
-    real = examples.scene_examples
-    monkeypatch.setattr(examples, "scene_examples", lambda seed, **kw: seen.append(kw["simple"]) or real(seed, **kw))
-    cfg = settings.RecipeConfig(skill_simple=0.5, skill_buffer=1, workers=0)
-    for share in (0.0, None):
-        seen.clear()
-        next(skills.skill_stream(cfg, skills=("ground",), simple=share))
-        assert seen and set(seen) == {0.5 if share is None else share}
-
-
-def test_a_skill_pool_draws_its_scenes_once_and_cycles_over_them_reshuffled(monkeypatch):
-    import itertools
-
-    import mgpo.playground.skill_examples as examples
-    from mgpo.playground.world import SPLITS
-
-    drawn = []
-    real = examples.scene_examples
-    monkeypatch.setattr(examples, "scene_examples", lambda seed, **kw: drawn.append(seed) or real(seed, **kw))
-    cfg = settings.RecipeConfig.for_size("ci", workers=0, skill_pool=3)
-    stream = skills.skill_stream(cfg, skills=("ground",), start=5)
-    targets = [ex.prompt + ex.target for ex, _ in itertools.islice(stream, 30)]
-    stream.close()
-    lo = SPLITS["skills"][0]
-    assert drawn == [lo + 5, lo + 6, lo + 7]            # three scenes from the phase's start, each drawn once
-    passes = [targets[i:i + 3] for i in range(0, 30, 3)]
-    assert len(set(passes[0])) == 3 and all(sorted(p) == sorted(passes[0]) for p in passes)   # the same examples
-    assert any(p != passes[0] for p in passes)          # each pass in its own order
-    with pytest.raises(ValueError, match="skill_pool"):
-        settings.RecipeConfig(skill_pool=-1).check()
-
-
-def test_a_skill_can_carry_its_own_system_prompts():
-    import itertools
-
-    cfg = settings.RecipeConfig.for_size("ci", workers=0, skill_pool=2, skill_system="mgpo, default ground=default")
-    assert cfg.skill_systems("ground") == ("default",) and cfg.skill_systems("answer") == ("mgpo", "default")
-    cfg = dataclasses.replace(cfg, skill_system="mgpo ground=default")
-    stream = skills.skill_stream(cfg, skills=("ground", "answer"))
-    pairs = list(itertools.islice(stream, 24))
-    stream.close()
-    assert {ex.skill for ex, _ in pairs} == {"ground", "answer"}
-    assert all(system is None for ex, system in pairs if ex.skill == "ground")
-    assert all(system == skills.skill_system_prompt("mgpo") for ex, system in pairs if ex.skill == "answer")
-    table = cards.templates_markdown(cfg)     # the base card says which system prompt each skill trained under
-    assert "| ground | the chat template's default | `" in table and "| answer | MGPO's | `<image>" in table
-    cfg = dataclasses.replace(cfg, skill_system="mgpo ground=default,default,default,mgpo")   # a kind named 3 times
-    assert "| ground | the chat template's default (3 in 4) or MGPO's (1 in 4) | `" in cards.templates_markdown(cfg)
-    stream = skills.skill_stream(cfg, skills=("ground",))
-    grounds = [system for _, system in itertools.islice(stream, 400)]
-    stream.close()
-    assert 0.18 < grounds.count(skills.skill_system_prompt("mgpo")) / 400 < 0.32
-    for bad in ("mgpo ground=x", "ground=default", "mgpo default", "mgpo bogus=default",
-                "mgpo ground=default ground=mgpo", "mgpo ground=default default"):
-        with pytest.raises(ValueError, match="skill_system"):
-            settings.RecipeConfig(skill_system=bad).check()
-
-
-def test_skill_eval_prompts_the_tasks_turn_1_after_mgpos_system_prompt(tiny_loaded, monkeypatch):
-    """Whatever system prompt the skills train with, the task's turn 1 is scored as RL and the eval
-    harness prompt it (a base that grounds only after its own system prompt scores 0 there), and
-    it is scored even when no phase trains grounding."""
-    from mgpo.generation import QwenBackend
-
-    seen, real = [], skills.example_prompts
-    monkeypatch.setattr(skills, "example_prompts", lambda backend, exs, systems: seen.extend(
-        zip([e.skill for e in exs], systems)) or real(backend, exs, systems))
-    cfg = settings.RecipeConfig(curriculum="cell:1:1e-3", skill_system="default", max_new_tokens=8, workers=0)
-    scores = skills.skill_eval(QwenBackend(tiny_loaded.model, tiny_loaded.processor), cfg, n_scenes=1)
-    assert {"cell", "task_valid", "task_hit", "task_t1_valid", "task_t1_hit"} <= set(scores)
-    assert {system for skill, system in seen if skill == "task"} == {skills.skill_system_prompt("mgpo")}
-    assert {system for skill, system in seen if skill == "cell"} == {None}
-    assert sum(skill == "task" for skill, _ in seen) == 5      # greedy once, then 4 samples at T = 1
 
 
 def _mean(xs):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 
 from mgpo.playground.world import MAX_NEW_TOKENS, N_CARDS, OVERVIEWS, Budgets, check_cards

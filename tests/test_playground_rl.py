@@ -34,7 +34,8 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     cfg = settings.RecipeConfig.for_size("cpu")
     tc = rl.rl_config(cfg, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check()
     assert tc.mode == "mgpo" and tc.max_turns == 2 and tc.rewards == {"accuracy": 1.0}
-    assert (tc.min_pixels, tc.max_pixels) == (Budgets().engine()["min_pixels"], Budgets().engine()["max_pixels"])
+    assert (tc.min_pixels, tc.max_pixels) == (cfg.budgets().engine()["min_pixels"], cfg.budgets().engine()["max_pixels"])
+    assert cfg.overview == 280 and cfg.budgets() == Budgets.for_overview(280)   # the cpu recipe's world
     assert tc.temperature == cfg.rl_temperature and tc.steps == cfg.rl_steps
     # the paper's rollout temperature 1.0 (the shipped model's RL ran with it)
     assert cfg.rl_temperature == 1.0 and settings.RecipeConfig.for_size("gpu").rl_temperature == 1.0
@@ -54,11 +55,11 @@ def test_rl_config_is_the_papers_mgpo_with_playground_budgets(tmp_path):
     # an interrupted RL stage resumes from its newest checkpoint (8 of them over a run)
     assert tc.resume and tc.save_every == cfg.rl_steps // 8
     assert tc.log_samples == 1                      # every step's rollouts in samples.jsonl
-    # LoRA on the language model only, unless --rl-vision puts it on the vision tower's blocks too
-    assert not tc.train_vision and "on the language model, 64 steps" in cards.release_card(cfg, {}, [])
-    seeing = settings.RecipeConfig.for_size("cpu", rl_vision=True)
-    assert rl.rl_config(seeing, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check().train_vision
-    assert "on the language model and the vision tower, 64 steps" in cards.release_card(seeing, {}, [])
+    # the cpu recipe's LoRA is on the vision tower's blocks too (--rl-vision); without it, the language model only
+    assert tc.train_vision and "on the language model and the vision tower, 40 steps" in cards.release_card(cfg, {}, [])
+    blind = settings.RecipeConfig.for_size("cpu", rl_vision=False)
+    assert not rl.rl_config(blind, tmp_path / "base", tmp_path / "d.jsonl", tmp_path / "rl").check().train_vision
+    assert "on the language model, 40 steps" in cards.release_card(blind, {}, [])
     with pytest.raises(ValueError, match="rl_schedule must be"):
         settings.RecipeConfig(rl_schedule="wavy").check()
 

@@ -86,3 +86,43 @@ def test_skill_eval_prompts_the_tasks_turn_1_after_mgpos_system_prompt(tiny_load
     assert {system for skill, system in seen if skill == "task"} == {skills.skill_system_prompt("mgpo")}
     assert {system for skill, system in seen if skill == "cell"} == {None}
     assert sum(skill == "task" for skill, _ in seen) == 5      # greedy once, then 4 samples at T = 1
+
+
+def test_a_phase_can_carry_its_own_system_prompts_and_pool(monkeypatch):
+    """The whole base in one curriculum: a phase's ``system=`` and ``pool=`` override the run's, for
+    its stream and its card rows."""
+    import itertools
+
+    import mgpo.playground.skill_examples as examples
+
+    cfg = settings.RecipeConfig.for_size(
+        "ci", workers=0, skill_system="default", skill_pool=0,
+        curriculum="ground:2:1e-3 ground,answer:2:1e-3:0.3:vision:system=mgpo,default;ground=default,mgpo:pool=2")
+    first, second = cfg.check().phases()
+    assert (first.system, first.pool) == (None, None)
+    assert (second.simple, second.vision, second.pool) == (0.3, True, 2)
+    assert cfg.skill_systems("ground") == ("default",) and cfg.skill_systems("ground", first) == ("default",)
+    assert cfg.skill_systems("ground", second) == ("default", "mgpo")
+    assert cfg.skill_systems("answer", second) == ("mgpo", "default")
+    assert (cfg.skill_pool_of(first), cfg.skill_pool_of(second)) == (0, 2)
+    drawn = []
+    real = examples.scene_examples
+    monkeypatch.setattr(examples, "scene_examples", lambda seed, **kw: drawn.append(seed) or real(seed, **kw))
+    stream = skills.skill_stream(cfg, skills=second.skills, simple=second.simple, phase=second)
+    pairs = list(itertools.islice(stream, 200))
+    stream.close()
+    assert len(drawn) == 2                                   # the phase's pool, drawn once
+    mgpo = skills.skill_system_prompt("mgpo")
+    grounds = [system for ex, system in pairs if ex.skill == "ground"]
+    assert set(grounds) == {None, mgpo} and 0.3 < grounds.count(mgpo) / len(grounds) < 0.7
+    table = cards.templates_markdown(cfg)
+    assert ("| ground | phases 1: the chat template's default; phases 2: the chat template's default (1 in 2) "
+            "or MGPO's (1 in 2) |" not in table)             # one phase is "phase", not "phases"
+    assert ("| ground | phase 1: the chat template's default; phase 2: the chat template's default (1 in 2) or "
+            "MGPO's (1 in 2) | `") in table
+    assert "| answer | MGPO's (1 in 2) or the chat template's default (1 in 2) | `" in table
+    assert "2 scenes drawn once and read over and over" in cards.skills_text(cfg)
+    for bad in ("ground:2:1e-3:system=bogus", "ground:2:1e-3:pool=x", "ground:2:1e-3:pool=-1",
+                "ground:2:1e-3:size=3", "ground:2:1e-3:pool=2:pool=3"):
+        with pytest.raises(ValueError, match="phase|pool"):
+            dataclasses.replace(cfg, curriculum=bad).check()

@@ -157,7 +157,8 @@ def skills_text(cfg: RecipeConfig, steps: int | None = None) -> str:
     phases = ", then ".join(f"{'+'.join(ph.skills)} for {ran if ran == ph.steps else f'{ran} of {ph.steps} planned'} steps "
                             f"at lr {ph.lr:g} "
                             f"({100 * (cfg.skill_simple if ph.simple is None else ph.simple):.0f} % clutter-free scenes"
-                            f"{', the vision tower trained too' if frozen and ph.vision else ''})"
+                            f"{', the vision tower trained too' if frozen and ph.vision else ''}"
+                            f"{f', {cfg.skill_pool_of(ph):,} scenes drawn once and read over and over' if cfg.skill_pool_of(ph) else ''})"
                             for ph, ran in done)
     skipped = cfg.phases()[len(done):]
     if steps is not None and (skipped or (done and done[-1][1] < done[-1][0].steps)):
@@ -170,7 +171,6 @@ def skills_text(cfg: RecipeConfig, steps: int | None = None) -> str:
     return (f"{vision}a full fine-tune of {tuned} (AdamW, {cfg.skill_batch} examples a step, a fresh optimizer per phase) "
             f"on scenes of the \"skills\" seed range{f' from index {cfg.skill_start:,}' if cfg.skill_start else ''} "
             f"with {_cards(cfg)}"
-            f"{f' (each phase {cfg.skill_pool:,} scenes, drawn once and read over and over)' if cfg.skill_pool else ''}"
             f": {phases}. Skills: {skills}. "
             + NEVER + (NEVER_MGPO if "ask" not in cfg.skill_prompt and "where" not in cfg.skill_prompt else BUT_MGPO))
 
@@ -185,11 +185,22 @@ def templates_markdown(cfg: RecipeConfig, steps: int | None = None) -> str:
     what it learned, as a Markdown table ({name} = "red card" etc.; ⏎ = a line break)."""
     from mgpo.playground.skill_examples import trained_templates
 
-    rows = [f"| {skill} | {_systems_text(cfg.skill_systems(skill))} | "
+    rows = [f"| {skill} | {_skill_systems_text(cfg, skill, steps)} | "
             f"`{t.replace(chr(10), ' ⏎ ')}` | {target} |"
             for skill, t, target in trained_templates(trained_skills(cfg, steps), cfg.skill_prompt)]
     return "\n".join(["| skill | system prompt (one drawn per example) | prompt template | target |",
                       "|---|---|---|---|", *rows])
+
+
+def _skill_systems_text(cfg: RecipeConfig, skill: str, steps: int | None = None) -> str:
+    """The system prompts ``skill`` drew from, phase by phase where the phases that train it differ."""
+    done = [(i + 1, _systems_text(cfg.skill_systems(skill, ph))) for i, (ph, _) in enumerate(phases_done(cfg, steps))
+            if skill in ph.skills]
+    texts = list(dict.fromkeys(t for _, t in done))
+    if len(texts) <= 1:
+        return texts[0] if texts else _systems_text(cfg.skill_systems(skill))
+    return "; ".join(f"phase{'s' if len(ns) > 1 else ''} {', '.join(map(str, ns))}: {t}"
+                     for t in texts for ns in [[i for i, u in done if u == t]])
 
 
 def _systems_text(kinds: tuple[str, ...]) -> str:

@@ -19,34 +19,25 @@ PHASE_SPACING = 100_000
 
 
 SIZES: dict[str, dict] = {
-    # the CPU recipe (2 cores): one card per scene; the vision probe, then the board cell of a named
-    # card alone at a high learning rate (0.38 held-out after 600 steps), grounding joining at a
-    # quarter of the rate (900 steps: valid 0.94 / hit 0.38), zoom joining (300 steps: hit 0.56,
-    # zoom 0.41), zoom with grounding at 2e-3 (150 steps: zoom 0.84), then grounding on cluttered
-    # scenes (30 % clutter-free) with the ask questions in the task question's shape, 300 steps at
-    # 2e-3, 400 and 600 at 1e-3, and direct answers joining for the last 150 at 5e-4: grounding
-    # under the task's own turn 1 (val) 0.41 -> 0.66 -> 0.81 hits; MGPO on 200 test scenes 0.72 ->
-    # 0.77 over those two phases, 0.78 after 1000 more steps at 5e-4 / 3e-4, then 0.835, 0.85 and
-    # 0.965 after three rounds at 3e-4 / 2e-4 that train the vision tower too (":vision"), before
-    # any RL. RL: 64 steps of 16 prompts at temperature 1.0, lr 1e-3 decayed on a cosine, each on
-    # fresh scenes (from the 0.965 base -> 0.965, 0.98, 0.995 held-out at steps 13, 32, 64; at a
-    # constant lr 0.995 at step 32 fell to 0.915 by 64; 32 constant steps from the 0.85 base ->
-    # 0.885; from weaker ones no rise). The shipped base was built as
-    # continuations (README "Playground"): its first four phases drew the wordings
-    # "ask,locate,where" and the first eight ASK_QUESTIONS, and its continuations re-read scenes
-    # from index 0 until the fifth.
-    "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4, vision_steps=60,
-                curriculum="cell:600:2e-3 cell,ground:900:5e-4 cell,ground,zoom:300:1e-3 ground,zoom:150:2e-3 "
-                           "ground,zoom:300:2e-3:0.3 ground,zoom:400:1e-3:0.3 ground,zoom:600:1e-3:0.3 "
-                           "ground,zoom,answer:150:5e-4:0.3 ground,zoom:850:5e-4:0.3 ground,zoom,answer:150:3e-4:0.3 "
-                           "ground,zoom:300:3e-4:0.3:vision ground,zoom,answer:100:2e-4:0.3:vision "
-                           "ground,zoom:400:3e-4:0.3:vision ground,zoom,answer:100:2e-4:0.3:vision "
-                           "ground,zoom:400:3e-4:0.3:vision ground,zoom,answer:100:2e-4:0.3:vision",
-                skill_batch=16,
-                skill_prompt="ask,ask,ask,locate", skill_simple=1.0, skill_system="mgpo", skill_eval_every=300,
-                skill_eval_scenes=32, train_vision=False, vision_whiten=True, rl_scenes=1024, rl_steps=64,
-                prompts_per_step=16, group_size=8, rl_lr=1e-3, rl_schedule="cosine", rl_temperature=1.0, lora_r=32,
-                eval_scenes=200, val_scenes=64),
+    # the CPU recipe (2 cores), the shipped release's: one card per scene in the 280 world; the vision
+    # probe, then a base whose only box supervision is referring grounding ("Locate the {name}…"),
+    # after the chat template's default system prompt: the board cell with grounding, then grounding
+    # with the vision tower training too (VAL referring hit 1.00 by step 800); then reading in MGPO's
+    # turn 2 and direct answers after either system prompt, grounding still after the default one
+    # (MGPO's turn 1 then writes no box at all); then grounding one example in eight after MGPO's
+    # system prompt, a short phase that leaves MGPO's turn 1 boxing about a quarter of its samples.
+    # Each phase reads a pool of scenes drawn once. RL: 40 steps of 16 prompts × 8 samples at
+    # temperature 1, LoRA on the language model and the tower, lr 1e-3 decayed on a cosine, from
+    # 0.255 to 0.945 on 200 TEST scenes (docs/playground.md has the run it was measured on).
+    "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4, vision_steps=60, overview=280,
+                curriculum="cell,ground:400:2e-3:0.5:pool=2500 ground:400:1e-3:0.3:vision:pool=2500 "
+                           "ground,zoom,answer:400:1e-3:0.3:system=mgpo,default;ground=default:pool=800 "
+                           "ground,zoom,answer:100:1e-3:0.3:system=mgpo,default;"
+                           "ground=default,default,default,default,default,default,default,mgpo:pool=600",
+                skill_batch=16, skill_prompt="refer", skill_simple=1.0, skill_system="default",
+                skill_eval_every=200, skill_eval_scenes=32, train_vision=False, vision_whiten=True, rl_scenes=640,
+                rl_steps=40, prompts_per_step=16, group_size=8, rl_lr=1e-3, rl_schedule="cosine",
+                rl_temperature=1.0, lora_r=32, rl_vision=True, eval_scenes=200, val_scenes=64),
     # one H200 (not measured: no GPU session yet)
     "gpu": dict(hidden=512, layers=8, vision_hidden=256, vision_depth=6, vision_steps=300, vision_batch=64,
                 curriculum="cell:1500:1e-3 cell,ground:2500:5e-4 cell,ground,zoom,answer:2000:5e-4", skill_batch=64,
@@ -172,8 +163,8 @@ class RecipeConfig:
         bad = sorted({n for ph in phases for n in ph.skills if n not in SKILLS})
         if bad:
             problems.append(f"unknown skill(s) {', '.join(bad)}; choose from {', '.join(SKILLS)}")
-        if any(ph.steps < 0 or ph.lr <= 0 or not ph.skills for ph in phases):
-            problems.append("every curriculum phase needs skills, steps ≥ 0 and a learning rate > 0")
+        if any(ph.steps < 0 or ph.lr <= 0 or not ph.skills or (ph.pool or 0) < 0 for ph in phases):
+            problems.append("every curriculum phase needs skills, steps ≥ 0, a learning rate > 0 and a pool ≥ 0")
         if not all(0.0 <= v <= 1.0 for v in [self.skill_simple, *(ph.simple for ph in phases if ph.simple is not None)]):
             problems.append("the share of clutter-free scenes (skill_simple, a phase's SIMPLE) must be within [0, 1]")
         if self.overview not in OVERVIEWS:
@@ -208,39 +199,36 @@ class RecipeConfig:
         for part in self.curriculum.split():
             try:
                 names, steps, lr, *rest = part.split(":")
+                opts = dict(r.partition("=")[::2] for r in rest if "=" in r)
+                rest = [r for r in rest if "=" not in r]
                 vision = rest[-1:] == ["vision"]
                 simple = rest[:-1] if vision else rest
-                if len(simple) > 1:
+                if len(simple) > 1 or not set(opts) <= {"system", "pool"} or len(opts) < sum("=" in r for r in part.split(":")):
                     raise ValueError
-                out.append(Phase(_names(names), int(steps), float(lr), float(simple[0]) if simple else None, vision))
+                system = opts.get("system")
+                if system is not None:
+                    _parse_systems(system)
+                out.append(Phase(_names(names), int(steps), float(lr), float(simple[0]) if simple else None, vision,
+                                 system, int(opts["pool"]) if "pool" in opts else None))
             except ValueError:
-                raise ValueError(f"curriculum phase {part!r} is not SKILLS:STEPS:LR[:SIMPLE][:vision] (e.g. "
-                                 "cell,ground:900:5e-4, ground:300:2e-3:0.3 for 30 % clutter-free scenes, "
-                                 "ground:300:3e-4:0.3:vision to train the vision tower too)") from None
+                raise ValueError(f"curriculum phase {part!r} is not SKILLS:STEPS:LR[:SIMPLE][:vision][:system=KINDS]"
+                                 "[:pool=N] (e.g. cell,ground:900:5e-4, ground:300:2e-3:0.3 for 30 % clutter-free "
+                                 "scenes, ground:300:3e-4:0.3:vision to train the vision tower too, "
+                                 "zoom,ground:100:1e-3:system=mgpo,default;ground=default for the phase's own system "
+                                 "prompts (skill_system's syntax, ';' for its spaces), :pool=600 for its own pool)") from None
         return out
 
-    def skill_systems(self, skill: str) -> tuple[str, ...]:
-        """The system prompts ``skill``'s examples carry, one drawn per example: ``skill_system`` is
-        one list for every skill ("mgpo,default"), then any skill's own ("ground=default"); a kind
-        listed n times is drawn n times as often ("ground=default,default,default,mgpo")."""
-        from mgpo.playground.skill_examples import SKILLS
-
-        every, own = None, {}
-        for part in re.split(r"\s+(?=[\w-]+=)", self.skill_system.strip()):
-            name, _, kinds = part.rpartition("=")
-            listed = tuple(k.strip() for k in kinds.split(",") if k.strip())
-            if not listed or not set(listed) <= {"mgpo", "default"} or (name and name not in SKILLS) \
-                    or (name in own if name else every is not None):
-                every = None
-                break
-            if name:
-                own[name] = listed
-            else:
-                every = listed
-        if every is None:
-            raise ValueError(f"skill_system {self.skill_system!r} is not KINDS [SKILL=KINDS ...] with KINDS mgpo, "
-                             "default or both, comma-separated (e.g. \"mgpo,default ground=default\")")
+    def skill_systems(self, skill: str, phase: "Phase | None" = None) -> tuple[str, ...]:
+        """The system prompts ``skill``'s examples carry, one drawn per example: ``skill_system`` (or
+        ``phase``'s own ``system=``) is one list for every skill ("mgpo,default"), then any skill's
+        own ("ground=default"); a kind listed n times is drawn n times as often
+        ("ground=default,default,default,mgpo")."""
+        every, own = _parse_systems(phase.system if phase is not None and phase.system else self.skill_system)
         return own.get(skill, every)
+
+    def skill_pool_of(self, phase: "Phase | None" = None) -> int:
+        """The scenes ``phase`` draws once and cycles over (its ``pool=``, else ``skill_pool``; 0: fresh scenes)."""
+        return phase.pool if phase is not None and phase.pool is not None else self.skill_pool
 
     def skill_list(self) -> tuple[str, ...]:
         """Every skill the stage trains, in the order they first appear."""
@@ -262,6 +250,31 @@ class Phase:
     lr: float
     simple: float | None = None   # this phase's share of clutter-free scenes (None: cfg.skill_simple)
     vision: bool = False          # this phase trains the vision tower too, even where the run keeps it frozen
+    system: str | None = None     # this phase's system prompts, skill_system's syntax (None: cfg.skill_system)
+    pool: int | None = None       # this phase's pool of scenes (None: cfg.skill_pool)
+
+
+def _parse_systems(spec: str) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """``(every skill's kinds, {skill: its own kinds})`` of a system-prompt spec: "mgpo,default
+    ground=default" (parts apart by spaces or ';')."""
+    from mgpo.playground.skill_examples import SKILLS
+
+    every, own = None, {}
+    for part in re.split(r"[\s;]+(?=[\w-]+=)", spec.strip()):
+        name, _, kinds = part.rpartition("=")
+        listed = tuple(k.strip() for k in kinds.split(",") if k.strip())
+        if not listed or not set(listed) <= {"mgpo", "default"} or (name and name not in SKILLS) \
+                or (name in own if name else every is not None):
+            every = None
+            break
+        if name:
+            own[name] = listed
+        else:
+            every = listed
+    if every is None:
+        raise ValueError(f"skill_system {spec!r} is not KINDS [SKILL=KINDS ...] with KINDS mgpo, "
+                         "default or both, comma-separated (e.g. \"mgpo,default ground=default\")")
+    return every, own
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cards import base_card
-from .settings import RecipeConfig, phase_start, trains_vision
+from .settings import Phase, RecipeConfig, phase_start, trains_vision
 from .runtime import cycle_seeds, data_workers, echo, pool_workers, scene_map
 
 
@@ -82,27 +82,28 @@ def sft_loss(core, backend, seqs: list[Sequence]):
 
 
 def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skills: tuple[str, ...] | None = None,
-                 simple: float | None = None):
+                 simple: float | None = None, phase: Phase | None = None):
     """An endless stream of skill examples from consecutive scenes of ``split``, shuffled within a
     buffer of ``cfg.skill_buffer`` scenes so a batch mixes scenes and skills. Each example is
-    ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``);
-    ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``). With
-    ``cfg.skill_pool`` the stream is that many scenes' examples instead, drawn once and reshuffled
-    each pass."""
+    ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``, or
+    ``phase``'s own); ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``).
+    With a pool (``cfg.skill_pool`` or ``phase``'s own) the stream is that many scenes' examples
+    instead, drawn once and reshuffled each pass."""
     from mgpo.playground.skill_examples import SKILLS, scene_examples
     from mgpo.playground.world import SPLITS
 
     rng = random.Random(f"{cfg.seed}:{split}:{start}")
-    systems = {name: [skill_system_prompt(k) for k in cfg.skill_systems(name)] for name in SKILLS}
+    systems = {name: [skill_system_prompt(k) for k in cfg.skill_systems(name, phase)] for name in SKILLS}
+    pool_size = cfg.skill_pool_of(phase)
     lo, hi = SPLITS[split]
     make = functools.partial(scene_examples, budgets=cfg.budgets(), skills=skills or cfg.skill_list(),
                              prompt=cfg.skill_prompt, simple=cfg.skill_simple if simple is None else simple,
                              n_cards=(cfg.min_cards, cfg.max_cards),
                              label_first=cfg.label_first)
-    if cfg.skill_pool:   # drawn once before training (every CPU's worker: nothing trains meanwhile), then cycled
-        seeds = itertools.islice(cycle_seeds(lo, hi, lo + start), cfg.skill_pool)
+    if pool_size:   # drawn once before training (every CPU's worker: nothing trains meanwhile), then cycled
+        seeds = itertools.islice(cycle_seeds(lo, hi, lo + start), pool_size)
         pool = [ex for exs in scene_map(make, seeds, pool_workers(cfg)) for ex in exs]
-        echo(f"skills: a pool of {len(pool)} examples from {cfg.skill_pool} scenes")
+        echo(f"skills: a pool of {len(pool)} examples from {pool_size} scenes")
         while True:
             order = list(pool)
             rng.shuffle(order)
@@ -118,14 +119,14 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
             yield ex, rng.choice(systems[ex.skill])
 
 
-def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
+def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12, phase: Phase | None = None) -> dict:
     """Greedy base-skill scores on held-out VAL scenes: grounding (valid JSON box, mean IoU with
     the card, share with IoU ≥ 0.5), reading and direct-answer accuracy — and, for analysis
     only, the same grounding scores under the task's own turn 1 (``task_*``: MGPO's grounding
     prompt around the task question, which the skills never train with a box, after MGPO's system
     prompt as RL and the eval harness give it), greedy and sampled at temperature 1 as RL samples
     it (``task_t1_valid``, ``task_t1_hit``: 4 samples a scene). Each skill is prompted with the
-    first of its own system prompts (``cfg.skill_systems``)."""
+    first of its own system prompts (``cfg.skill_systems``, in ``phase`` where it has its own)."""
     import dataclasses
 
     import torch
@@ -138,7 +139,7 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12) -> dict:
     from mgpo.prompts import get_prompts, render
     from mgpo.conversation import Sampling
 
-    systems = {name: skill_system_prompt(cfg.skill_systems(name)[0]) for name in SKILLS}
+    systems = {name: skill_system_prompt(cfg.skill_systems(name, phase)[0]) for name in SKILLS}
     systems["task"] = skill_system_prompt("mgpo")   # as RL's rollouts and the eval harness prompt turn 1
     seeds = split_seeds("val", n_scenes)
     budgets = cfg.budgets()
@@ -213,7 +214,8 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
     step = 0
     try:
         for index, phase in enumerate(phases):
-            stream = skill_stream(cfg, start=phase_start(cfg, index), skills=phase.skills, simple=phase.simple)
+            stream = skill_stream(cfg, start=phase_start(cfg, index), skills=phase.skills, simple=phase.simple,
+                                  phase=phase)
             core.requires_grad_(True)
             core.model.visual.requires_grad_(trains_vision(cfg, phase))
             params = [p for p in core.parameters() if p.requires_grad]
@@ -244,7 +246,7 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
                        "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0,
                        "skill_loss": {name: sum(v) / len(v) for name, v in sorted(by_skill.items())}}
                 if cfg.skill_eval_every and (step % cfg.skill_eval_every == 0 or k == phase.steps):
-                    row["eval"] = skill_eval(backend, cfg, cfg.skill_eval_scenes)
+                    row["eval"] = skill_eval(backend, cfg, cfg.skill_eval_scenes, phase)
                     echo(f"skills step {step} (phase {index + 1}): held-out " +
                          ", ".join(f"{name} {v:.2f}" for name, v in row["eval"].items()))
                     if save_to is not None:

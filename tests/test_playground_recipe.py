@@ -316,6 +316,22 @@ def test_ship_writes_a_release_the_tab_the_cli_and_the_evaluator_load(tmp_path, 
     assert cards.base_story(rel.model) == story
     assert "--model RELEASE --checkpoint late" in card
     assert not (tmp_path / "release.tmp").exists()
+    # the adapters are stored in float16 (the size budget) and load into the float32 base as float32
+    from safetensors.torch import load_file
+
+    from mgpo.model import load_model
+
+    src = load_file(str(out / "rl" / "snapshots" / "step-0005" / "adapter_model.safetensors"))
+    half = load_file(str(rel.folder / "adapters" / "step-0005" / "adapter_model.safetensors"))
+    assert set(half) == set(src) and {v.dtype for v in src.values()} == {torch.float32}
+    assert {v.dtype for v in half.values()} == {torch.float16}
+    assert all(torch.equal(half[k], src[k].half()) for k in src)
+    net = load_model(str(rel.model), adapter=str(rel.folder / "adapters" / "step-0005"), device="cpu").model
+    lora = {n: p for n, p in net.named_parameters() if "lora_" in n}
+    assert lora and {p.dtype for p in lora.values()} == {torch.float32}
+    key = next(k for k in src if "lora_B" in k)
+    loaded = next(p for n, p in lora.items() if n.replace(".default", "") == key)
+    assert torch.equal(loaded, half[key].float())
     # --model RELEASE: its model, its default (or named) checkpoint, its pixel budgets
     model, adapter, budgets = resolve(rel.folder, "quarter")
     assert model == str(rel.model) and adapter.endswith("step-0002") and budgets == Budgets().engine()

@@ -70,7 +70,8 @@ sees first (`--overview {cfg.overview}{f" --cards {cfg.cards}" if cfg.cards != 1
 LoRA r {cfg.lora_r} on the language model{' and the vision tower' if cfg.rl_vision else ''}, {cfg.rl_steps} steps × {cfg.prompts_per_step} prompts × {cfg.group_size}
 samples at temperature {cfg.rl_temperature}, lr {cfg.rl_lr}{'' if cfg.rl_schedule == 'constant' else f', {cfg.rl_schedule} schedule'}{_updates(cfg)}, with the project's trainer
 on scenes of the "train" seed range, the paper's prompts ({cfg.turns} turns) and the **binary accuracy reward only**; the
-ground-truth boxes never reach it. Checkpoints kept: {ckpts}.
+ground-truth boxes never reach it. Checkpoints kept: {ckpts}; their adapters are stored in float16
+(half the bytes) and load into the float32 base as float32.
 
 ## Measured (held-out scenes, greedy, `python -m mgpo.eval --benchmark playground`)
 Every checkpoint, on VAL scenes (where the release's default checkpoint is chosen) and TEST scenes (what is

@@ -152,10 +152,24 @@ def _release_curves() -> list[tuple[str, str]]:
     return [(k, t) for k, t in CURVES if k in ("reward", "valid_box", "iou", "hit", "wrong_card")]
 
 
+def half_adapter(path: Path) -> None:
+    """Store a LoRA adapter's float32 tensors as float16, in place: half the bytes (a release's five
+    adapters fit its size budget), loaded back into the float32 base as float32 (peft copies them
+    into its own LoRA weights)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}, str(path), metadata=meta)
+
+
 def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
     """The release folder the app's Playground tab and the CLI load (:mod:`mgpo.playground.release`):
-    ``model/`` (the base-skills model), ``adapters/step-NNNN`` (early, middle, late RL), the
-    index, the RL metrics and curves, the summary and a model card."""
+    ``model/`` (the base-skills model), ``adapters/step-NNNN`` (each RL snapshot, stored in float16:
+    :func:`half_adapter`), the index, the RL metrics and curves, the summary and a model card."""
     from mgpo.playground.release import Checkpoint, Release, write_index
 
     from ..metrics import plot
@@ -173,6 +187,7 @@ def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
         src = rl_dir / "snapshots" / f"step-{step:04d}"
         if src.is_dir():
             shutil.copytree(src, tmp / "adapters" / src.name)
+            half_adapter(tmp / "adapters" / src.name / "adapter_model.safetensors")
             checkpoints.append(Checkpoint(name, step, tmp / "adapters" / src.name))
     if (rl_dir / "metrics.jsonl").is_file():
         shutil.copy(rl_dir / "metrics.jsonl", tmp / "metrics.jsonl")

@@ -400,19 +400,22 @@ def test_without_the_main_model_the_playground_tab_still_answers(tmp_path, fake_
 
 
 def test_the_tab_says_what_the_base_was_trained_on(fake_release, tmp_path):
-    """The intro reads the release's base card: taught boxes under MGPO's turn 1 (the shipped
-    release's `ask` wordings), or boxes only from referring prompts (the `refer` wordings)."""
+    """The intro reads the release's base card: taught boxes under MGPO's turn 1 (the `ask`
+    wordings of earlier releases), or boxes only from referring prompts (the `refer` wordings of
+    the shipped one), with MGPO's turn-2 reading where the base learned it."""
     import shutil
 
     from train.playground import cards, settings
-    from ui.playground import BASE_NEVER_TURN1, BASE_TAUGHT_TURN1, BASE_UNKNOWN, base_note
+    from ui.playground import BASE_NEVER_TURN1, BASE_READS_TURN2, BASE_TAUGHT_TURN1, BASE_UNKNOWN, base_note
 
-    assert base_note(Release.load(app.SHIPPED_RELEASE)) == BASE_TAUGHT_TURN1
+    never = BASE_NEVER_TURN1.format(zoom=BASE_READS_TURN2)      # the shipped base also read MGPO's turn 2
+    assert base_note(Release.load(app.SHIPPED_RELEASE)) == never
     folder = tmp_path / "rel"
     shutil.copytree(fake_release, folder)
     (folder / "model" / "README.md").unlink(missing_ok=True)
     assert base_note(Release.load(folder)) == BASE_UNKNOWN
-    for wordings, note in (("refer", BASE_NEVER_TURN1), ("ask,locate", BASE_TAUGHT_TURN1)):
-        cfg = settings.RecipeConfig(skill_prompt=wordings, curriculum="ground,zoom:10:1e-3")
+    for wordings, skills, note in (("refer", "ground,zoom", never), ("refer", "ground", BASE_NEVER_TURN1.format(zoom="")),
+                                   ("ask,locate", "ground,zoom", BASE_TAUGHT_TURN1)):
+        cfg = settings.RecipeConfig(skill_prompt=wordings, curriculum=f"{skills}:10:1e-3")
         (folder / "model" / "README.md").write_text(cards.base_card(cfg, [{"loss": 0.5}]))
         assert base_note(Release.load(folder)) == note

@@ -34,7 +34,12 @@ BASE_TAUGHT_TURN1 = (
 )
 BASE_NEVER_TURN1 = (
     "Its base learned boxes only from referring prompts in other wordings (\"Locate the red card …\"), never as "
-    "the target of MGPO's turn-1 prompt, and reading close-ups: where to look under MGPO's prompt is RL's work."
+    "the target of MGPO's turn-1 prompt nor of any question about a card's stripes, and it learned to read "
+    "close-ups{zoom}: where to look under MGPO's prompt is RL's work (compare \"before RL\" with the later checkpoints)."
+)
+BASE_READS_TURN2 = (
+    ", in MGPO's own turn 2 too (turn 1's box in the context there, never learned), and to answer what the "
+    "overview shows"
 )
 BASE_UNKNOWN = "What its base was trained on is in the model card below."
 SPLIT_NOTES = {
@@ -58,7 +63,7 @@ def base_note(release: Release) -> str:
     if "MGPO's turn-1 template itself" in text:
         return BASE_TAUGHT_TURN1
     if "never a box as the target of MGPO's turn-1 template" in text:
-        return BASE_NEVER_TURN1
+        return BASE_NEVER_TURN1.format(zoom=BASE_READS_TURN2 if "reading in MGPO's second turn" in text else "")
     return BASE_UNKNOWN
 
 

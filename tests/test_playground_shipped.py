@@ -22,7 +22,7 @@ SHIPPED = ROOT / "examples" / "playground"
 # measured on the first 20 held-out test scenes (the card: 0.945 late, 0.255 before RL, on 200)
 LATE_MGPO_20 = 0.95
 BEFORE_MGPO_20 = 0.20
-RL_STEPS = 10           # the slow RL test's steps
+RL_STEPS = 8           # the slow RL test's steps
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -117,12 +117,13 @@ def test_the_checkpoints_answer_held_out_scenes_as_measured(tmp_path, release):
 
 @pytest.mark.slow
 def test_mgpo_rl_from_the_shipped_base_raises_the_boxes_on_the_card(tmp_path):
-    """The CPU recipe's RL stage, CI-sized: from the shipped base-skills model, RL_STEPS MGPO steps on
+    """The CPU recipe's RL stage, CI-sized: from the shipped base-skills model, eight MGPO steps on
     the same 8 "train" scenes each step (8 prompts × 4 samples), temperature 1.0, the accuracy reward
     only, LoRA on the language model and the tower as the recipe trains it. The base boxes the card in
     about a quarter of its turn-1 samples and otherwise answers from the overview; the reward alone
     raises the share of valid boxes and of boxes on the card (IoU ≥ 0.5 with the hidden box, which
-    never reaches the reward), and the reward with them (measured: RL_MEASURED)."""
+    never reaches the reward), and the reward with them (measured, steps 1-3 against 6-8: valid boxes
+    0.17 -> 0.98, boxes on the card 0.14 -> 0.81, reward 0.30 -> 0.78)."""
     from train.playground.recipe import main
 
     out = tmp_path / "pg"

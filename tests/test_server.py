@@ -1,6 +1,7 @@
 """``--server``: the engine over OpenAI-compatible chat-completions servers, through
 ``huggingface_hub``'s InferenceClient, against a loopback server (tests/openai_server.py: the
-shipped playground model served through transformers — vLLM cannot run on these CPU machines)."""
+shipped playground release's default checkpoint, its LoRA merged into the base as a server loads a
+model, served through transformers — vLLM cannot run on these CPU machines)."""
 
 from __future__ import annotations
 
@@ -10,31 +11,52 @@ import time
 
 import pytest
 
+from conftest import ROOT
+
 from mgpo.engine import Engine, EngineConfig, Request
+from mgpo.playground.release import Release
 from mgpo.playground.world import MAX_NEW_TOKENS, Budgets, make_scene, split_seeds
 from mgpo.server import ServerBackend, ServerError, openai_message, parse_urls
 
 from openai_server import ChatServer
 
-RELEASE_MODEL = "examples/playground/model"
-CONFIG = EngineConfig(max_turns=2, max_new_tokens=MAX_NEW_TOKENS, **Budgets().engine())
+RELEASE = ROOT / "examples" / "playground"
+OVERVIEW = Release.load(RELEASE).overview             # the world the release was trained in
+BUDGETS = Budgets.for_overview(OVERVIEW)
+CONFIG = EngineConfig(max_turns=2, max_new_tokens=MAX_NEW_TOKENS, **BUDGETS.engine())
 SCENES = split_seeds("test", 3, 40)
 
 
 @pytest.fixture(scope="module")
-def server():
-    s = ChatServer(RELEASE_MODEL, **Budgets().engine())
+def served_model(tmp_path_factory) -> str:
+    """The release's default checkpoint as one model folder: its LoRA merged into the base."""
+    import shutil
+
+    from mgpo.model import load_model
+    from mgpo.playground.release import resolve
+
+    model, adapter, _ = resolve(RELEASE)
+    out = tmp_path_factory.mktemp("served") / "model"
+    shutil.copytree(model, out)
+    load_model(model, adapter=adapter, device="cpu").model.merge_and_unload().save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def server(served_model):
+    s = ChatServer(served_model, **BUDGETS.engine())
     yield s
     s.close()
 
 
 @pytest.fixture(scope="module")
-def local():
-    return Engine.from_pretrained(RELEASE_MODEL, config=CONFIG, device="cpu")
+def local(served_model):
+    return Engine.from_pretrained(served_model, config=CONFIG, device="cpu")
 
 
 def requests():
-    return [Request(s.image, s.question, s.choices, id=str(s.seed)) for s in map(make_scene, SCENES)]
+    return [Request(s.image, s.question, s.choices, id=str(s.seed))
+            for s in (make_scene(seed, budgets=BUDGETS) for seed in SCENES)]
 
 
 def summary(events) -> list[dict]:
@@ -91,10 +113,10 @@ def test_turn_one_stops_after_its_json_block(server, local):
 
 def test_faults_are_retried_and_lose_nothing(server):
     clean = summary(Engine(backend(server), CONFIG).stream(requests()[:1]))
-    server.hang = 1.5
+    server.hang = 4.0                                   # past the client's timeout, not a slow shared CPU
     server.faults = ["500", "drop", "timeout", "429"]
     before = server.requests
-    got = summary(Engine(backend(server, timeout=1.0, retries=4), CONFIG).stream(requests()[:1]))
+    got = summary(Engine(backend(server, timeout=3.0, retries=4), CONFIG).stream(requests()[:1]))
     server.faults, server.hang = [], 5.0
     assert got == clean                                 # the dropped stream's text was not passed on twice
     assert server.requests - before == len(clean[0]["texts"]) + 4
@@ -121,8 +143,8 @@ def test_a_server_that_keeps_failing_is_named_and_a_bad_request_is_not_retried(s
         list(Engine(backend(server, model="nope"), CONFIG).stream(requests()[:1]))
 
 
-def test_several_servers_share_the_rows_with_a_bound_in_flight(server):
-    other = ChatServer(RELEASE_MODEL, **Budgets().engine(), work_seconds=0.2)
+def test_several_servers_share_the_rows_with_a_bound_in_flight(server, served_model):
+    other = ChatServer(served_model, **BUDGETS.engine(), work_seconds=0.2)
     server.work_seconds = 0.2
     try:
         a, b = server.requests, other.requests
@@ -153,11 +175,11 @@ def test_urls_and_messages():
         "role": "assistant", "content": "A"}
 
 
-def test_eval_over_a_server_keeps_finished_items_and_resumes(server, tmp_path, capsys):
+def test_eval_over_a_server_keeps_finished_items_and_resumes(server, served_model, tmp_path, capsys):
     from mgpo.eval.__main__ import main as eval_main
 
     args = ["--benchmark", "playground", "--limit", "4", "--batch-size", "2", "--seed", "40", "--no-progress",
-            "--model", RELEASE_MODEL]
+            "--model", served_model, "--overview", str(OVERVIEW)]
     assert eval_main(args + ["--out", str(tmp_path / "local")]) == 0
     # the first batch (2 items × 3 requests: turn 1, turn 2, the crop alone) is answered, then the server fails
     server.faults = [None] * 6 + ["500"] * 100
@@ -182,10 +204,10 @@ def test_infer_and_the_app_answer_through_a_server(server, tmp_path, capsys):
     import app
     from mgpo import infer
 
-    scene = make_scene(SCENES[0])
+    scene = make_scene(SCENES[0], budgets=BUDGETS)
     png = tmp_path / "scene.png"
     scene.image.save(png)
-    base = ["--model", "examples/playground", "--checkpoint", "before RL", "--image", str(png), "--question", scene.question,
+    base = ["--model", str(RELEASE), "--checkpoint", "before RL", "--image", str(png), "--question", scene.question,
             "--choices", *scene.choices, "--json"]
     assert infer.main(base + ["--server", server.url]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -205,7 +227,7 @@ def test_infer_and_the_app_answer_through_a_server(server, tmp_path, capsys):
     try:
         client = Client(serve(demo), verbose=False)
         job = client.submit(*run_args(handle_file(str(png)), scene.question, "\n".join(scene.choices),
-                                      max_new_tokens=MAX_NEW_TOKENS, **Budgets().engine()), api_name="/run")
+                                      max_new_tokens=MAX_NEW_TOKENS, **BUDGETS.engine()), api_name="/run")
         status, chat, boxes, crops, answer, *_ = job.result(timeout=120)
         assert status.startswith("Done in ") and answer[:1] in "ABCD" and len(crops) == 1
         turn1 = [o[1][1]["content"][0]["text"] for o in job.outputs() if isinstance(o[1], list) and len(o[1]) > 1]

@@ -31,8 +31,8 @@ Stages (each writes into ``--out``; ``--stages`` picks some):
    "train" seed range written as PNG + JSONL (``OUT/rl_data``), the paper's prompts, the
    binary accuracy reward only, the playground pixel budgets → ``OUT/rl`` (``metrics.jsonl``
    with the rollouts' IoU against the hidden box added for analysis, ``curves.png``,
-   ``adapter/``, ``snapshots/step-NNNN`` early/middle/late). LoRA, because that is what the
-   trainer trains (its reference policy for the KL is the adapter disabled).
+   ``adapter/``, ``snapshots/step-NNNN`` early, quarter, middle, three quarters and late). LoRA,
+   because that is what the trainer trains (its reference policy for the KL is the adapter disabled).
 4. **eval** — the eval harness (:func:`mgpo.eval.runner.evaluate`, the same code as ``python -m
    mgpo.eval --benchmark playground``) on held-out TEST seeds, before RL (``OUT/base``) and
    after (``OUT/base`` + ``OUT/rl/adapter``): direct and MGPO accuracy, valid-box ratio, mean IoU

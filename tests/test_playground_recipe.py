@@ -6,6 +6,7 @@ Fast tests check the pieces on the tiny model; the slow one runs the CPU-sized r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -174,8 +175,6 @@ def test_data_workers_default_to_none_without_a_gpu(monkeypatch):
 
 
 def test_help_tells_each_flag_and_its_default_by_size(capsys):
-    import dataclasses
-
     from train.config import field_help
 
     assert set(field_help(settings.RecipeConfig)) == {f.name for f in dataclasses.fields(settings.RecipeConfig)}
@@ -418,6 +417,22 @@ def test_every_stage_of_the_recipe_runs_end_to_end(tmp_path):
     assert again["checkpoints"] == summary["checkpoints"]
     assert (out / "eval" / "step-0004-test-mgpo" / "results.json").stat().st_mtime == stamp
     assert not (out / "rl_data" / "train.jsonl").read_text().count("box")   # RL never sees a box
+    # the same command again after an interruption in RL: model and skills are not run again, RL
+    # resumes from its newest checkpoint (the last step here: nothing left), eval reads its results
+    marks = json.loads((out / "summary.json").read_text())["finished"]
+    assert set(marks) == {"model", "skills", "rl", "eval"} and marks["rl"] == recipe.settings_key(cfg)
+    interrupted = json.loads((out / "summary.json").read_text())
+    del interrupted["finished"]["rl"], interrupted["finished"]["eval"]
+    (out / "summary.json").write_text(json.dumps(interrupted))
+    weights = {p: p.stat().st_mtime for p in (out / "random" / "model.safetensors", out / "base" / "model.safetensors")}
+    resumed = recipe.run(cfg)
+    assert {p: p.stat().st_mtime for p in weights} == weights
+    assert len((out / "rl" / "metrics.jsonl").read_text().splitlines()) == 4
+    assert resumed["checkpoints"] == summary["checkpoints"] and set(resumed["finished"]) == set(marks)
+    # other settings: every stage runs again
+    changed = dataclasses.replace(cfg, rl_steps=2, stages="model")
+    recipe.run(changed)
+    assert (out / "random" / "model.safetensors").stat().st_mtime > weights[out / "random" / "model.safetensors"]
 
 
 def test_tiny_build_draws_embeddings_with_the_asked_std(tmp_path):

@@ -207,7 +207,20 @@ def ship(cfg: RecipeConfig, out: Path, release: Path, summary: dict) -> Path:
     return release
 
 
+RUN_CONTROL = ("out", "stages", "release", "workers")   # where a run writes and how many processes draw: not its result
+
+
+def settings_key(cfg: RecipeConfig) -> dict:
+    """The settings a stage's result depends on: every field but :data:`RUN_CONTROL`."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RUN_CONTROL}
+
+
 def run(cfg: RecipeConfig) -> dict:
+    """The stages of ``cfg.stages`` in order. A stage that finished in ``OUT`` under the same
+    settings (``summary.json``'s ``finished``) is not run again while its output is there, unless an
+    earlier stage of this run ran: the same command rerun after an interruption goes on where it
+    stopped (RL from its newest checkpoint, eval from its last finished checkpoint, an interrupted
+    skills stage from its start)."""
     from transformers.utils import logging as hf_logging
 
     from mgpo.model import load_model
@@ -223,14 +236,35 @@ def run(cfg: RecipeConfig) -> dict:
     summary: dict = json.loads(previous.read_text()) if previous.is_file() else {}
     summary.setdefault("seconds", {})
     summary.setdefault("configs", []).append(asdict(cfg))
+    finished = summary.setdefault("finished", {})
     random_dir, base_dir, rl_dir = out / "random", out / "base", out / "rl"
     _check_inputs(cfg, stages, random_dir, base_dir)
     b = cfg.budgets().engine()
-    t = time.perf_counter()
-    if "model" in stages:
+    key = settings_key(cfg)
+    made = {"model": random_dir / "config.json", "skills": base_dir / "config.json",
+            "rl": rl_dir / "adapter" / "adapter_config.json", "eval": out / "summary.json"}
+    ran: list[str] = []
+
+    def todo(stage: str) -> bool:
+        if stage not in stages:
+            return False
+        if not ran and finished.get(stage) == key and made[stage].is_file():
+            echo(f"{stage}: finished already in {out} with these settings (summary.json); not run again")
+            return False
+        finished.pop(stage, None)
+        return True
+
+    def done(stage: str, t: float) -> None:
+        ran.append(stage)
+        summary["seconds"][stage] = time.perf_counter() - t
+        finished[stage] = key
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    if todo("model"):
+        t = time.perf_counter()
         build_model(cfg, random_dir)
-        summary["seconds"]["model"] = time.perf_counter() - t
-    if "skills" in stages:
+        done("model", t)
+    if todo("skills"):
         t = time.perf_counter()
         loaded = load_model(cfg.skills_from or str(random_dir), device="cuda" if cuda_available() else "cpu",
                             dtype="float32", min_pixels=b["min_pixels"], max_pixels=b["max_pixels"])
@@ -245,21 +279,21 @@ def run(cfg: RecipeConfig) -> dict:
                              "last_loss": hist[-1]["loss"] if hist else None,
                              "eval": evals[-1]["eval"] if evals else None,
                              "eval_curve": [{"step": r["step"], **r["eval"]} for r in evals]}
-        summary["seconds"]["skills"] = time.perf_counter() - t
         del loaded
-    if "rl" in stages:
+        done("skills", t)
+    if todo("rl"):
         t = time.perf_counter()
-        if "skills" in stages and rl_dir.exists():   # a new base: the RL of the old one is stale
+        if "skills" in ran and rl_dir.exists():   # a new base: the RL of the old one is stale
             shutil.rmtree(rl_dir)
         run_rl(cfg, base_dir, rl_dir)   # resumes from its newest checkpoint in rl_dir, if any
         summary["rl_curve"] = rl_curve(rl_dir / "metrics.jsonl")
-        summary["seconds"]["rl"] = time.perf_counter() - t
-    if "eval" in stages:
+        done("rl", t)
+    if todo("eval"):
         t = time.perf_counter()
         # RL snapshots from an earlier run belong to an earlier base: only use them if skills were not retrained
-        fresh = "rl" in stages or "skills" not in stages
+        fresh = "rl" in stages or "skills" not in ran
         summary.update(evaluate_checkpoints(cfg, out, base_dir, rl_dir if fresh else None))
-        summary["seconds"]["eval"] = time.perf_counter() - t
+        done("eval", t)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if "ship" in stages:
         release = ship(cfg, out, Path(cfg.release) if cfg.release else out / "release", summary)

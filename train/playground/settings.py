@@ -125,7 +125,9 @@ class RecipeConfig:
     val_scenes: int = 16              # VAL scenes per checkpoint (MGPO): the release's checkpoint is chosen on these
     eval_seed: int = 0                # first test-scene index
     workers: int = -1                 # processes rendering scenes ahead of training (-1: CPUs - 1 with a GPU, else 0)
-    stages: str = "model,skills,rl,eval"   # comma-separated, in this order: model, skills, rl, eval, ship
+    stages: str = "model,skills,rl,eval"   # comma-separated, in this order: model, skills, rl, eval, ship; a stage
+                                      # finished in OUT with the same settings is not run again (rerun the same
+                                      # command after an interruption: RL resumes from its newest checkpoint)
     release: str = ""                 # the ship stage's folder ("" = OUT/release)
 
     @classmethod

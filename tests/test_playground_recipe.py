@@ -182,7 +182,7 @@ def test_help_tells_each_flag_and_its_default_by_size(capsys):
         recipe.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--rl-steps RL_STEPS optimizer steps; LoRA snapshots at 1/8 (early)" in text
-    assert "(default by --size: ci 4, cpu 64, gpu 150)" in text
+    assert "(default by --size: ci 4, cpu 40, gpu 150)" in text
     assert "(default by --size: ci 8, cpu 32; else 64)" in text                # lora_r: gpu keeps the field's
     assert 'each phase trains its skills' in text and "see SIZES in train/playground/settings.py" in text
     assert "--kl-coef KL_COEF the small model's base is our own SFT; no KL anchor needed (default: 0.0)" in text

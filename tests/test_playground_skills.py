@@ -126,3 +126,27 @@ def test_a_phase_can_carry_its_own_system_prompts_and_pool(monkeypatch):
                 "ground:2:1e-3:size=3", "ground:2:1e-3:pool=2:pool=3"):
         with pytest.raises(ValueError, match="phase|pool"):
             dataclasses.replace(cfg, curriculum=bad).check()
+
+
+def test_a_phase_can_start_at_its_own_scenes_and_stop_its_schedule_early(tiny_loaded, monkeypatch):
+    """``:start=`` puts a phase on the scenes a continuation read; ``:schedule=`` plans its
+    learning-rate schedule longer than it runs (a run stopped mid-phase, replayed in one command)."""
+    import copy
+    import types
+
+    cfg = settings.RecipeConfig(curriculum="ground:3:1e-3:schedule=30:start=300000 ground:2:1e-3", skill_batch=2,
+                                workers=0, skill_eval_every=0, max_new_tokens=8)
+    first, second = cfg.check().phases()
+    assert (first.start, first.schedule, second.start, second.schedule) == (300000, 30, None, None)
+    starts, real = [], skills.skill_stream
+    monkeypatch.setattr(skills, "skill_stream", lambda c, **kw: starts.append(kw["start"]) or real(c, **kw))
+    loaded = types.SimpleNamespace(model=copy.deepcopy(tiny_loaded.model), processor=tiny_loaded.processor)
+    hist = skills.train_skills(loaded, cfg)
+    assert starts == [300000, settings.phase_start(cfg, 1)]
+    assert [r["lr"] for r in hist[:3]] == pytest.approx([1e-3 * skills.lr_factor(30, k) for k in (1, 2, 3)])
+    assert [r["lr"] for r in hist[3:]] == pytest.approx([1e-3 * skills.lr_factor(2, k) for k in (1, 2)])
+    assert "ground for 3 steps (of a learning-rate schedule planned for 30)" in cards.skills_text(cfg)
+    assert "scenes from index 300,000" in cards.skills_text(cfg)
+    for bad in ("ground:3:1e-3:schedule=2", f"ground:3:1e-3:start={settings.VISION_START}", "ground:3:1e-3:start=-1"):
+        with pytest.raises(ValueError, match="schedule no shorter|a start below"):
+            dataclasses.replace(cfg, curriculum=bad).check()

@@ -156,10 +156,12 @@ def skills_text(cfg: RecipeConfig, steps: int | None = None) -> str:
     done = phases_done(cfg, steps)
     skills = "; ".join(f"{k}: {names[k]}" for k in trained_skills(cfg, steps) if k in names)
     phases = ", then ".join(f"{'+'.join(ph.skills)} for {ran if ran == ph.steps else f'{ran} of {ph.steps} planned'} steps "
+                            f"{f'(of a learning-rate schedule planned for {ph.schedule}) ' if ph.schedule else ''}"
                             f"at lr {ph.lr:g} "
                             f"({100 * (cfg.skill_simple if ph.simple is None else ph.simple):.0f} % clutter-free scenes"
                             f"{', the vision tower trained too' if frozen and ph.vision else ''}"
-                            f"{f', {cfg.skill_pool_of(ph):,} scenes drawn once and read over and over' if cfg.skill_pool_of(ph) else ''})"
+                            f"{f', {cfg.skill_pool_of(ph):,} scenes drawn once and read over and over' if cfg.skill_pool_of(ph) else ''}"
+                            f"{f', scenes from index {ph.start:,}' if ph.start is not None else ''})"
                             for ph, ran in done)
     skipped = cfg.phases()[len(done):]
     if steps is not None and (skipped or (done and done[-1][1] < done[-1][0].steps)):

@@ -26,14 +26,18 @@ SIZES: dict[str, dict] = {
     # turn 2 and direct answers after either system prompt, grounding still after the default one
     # (MGPO's turn 1 then writes no box at all); then grounding one example in eight after MGPO's
     # system prompt, a short phase that leaves MGPO's turn 1 boxing about a quarter of its samples.
-    # Each phase reads a pool of scenes drawn once. RL: 40 steps of 16 prompts × 8 samples at
+    # Each phase reads a pool of scenes drawn once. The phases replay the three runs the shipped base
+    # came from (docs/playground.md): the second stops its 800-step schedule after 400 steps, and the
+    # last two read the scenes those runs read (:start=). Where that balance lies is fragile: with the
+    # second phase's schedule run to its end, phase 4 left MGPO's turn 1 boxing nearly always (0.95 of
+    # samples at T = 1). RL: 40 steps of 16 prompts × 8 samples at
     # temperature 1, LoRA on the language model and the tower, lr 1e-3 decayed on a cosine, from
     # 0.255 to 0.945 on 200 TEST scenes (docs/playground.md has the run it was measured on).
     "cpu": dict(hidden=256, layers=4, vision_hidden=128, vision_depth=4, vision_steps=60, overview=280,
-                curriculum="cell,ground:400:2e-3:0.5:pool=2500 ground:400:1e-3:0.3:vision:pool=2500 "
-                           "ground,zoom,answer:400:1e-3:0.3:system=mgpo,default;ground=default:pool=800 "
+                curriculum="cell,ground:400:2e-3:0.5:pool=2500 ground:400:1e-3:0.3:vision:pool=2500:schedule=800 "
+                           "ground,zoom,answer:400:1e-3:0.3:system=mgpo,default;ground=default:pool=800:start=300000 "
                            "ground,zoom,answer:100:1e-3:0.3:system=mgpo,default;"
-                           "ground=default,default,default,default,default,default,default,mgpo:pool=600",
+                           "ground=default,default,default,default,default,default,default,mgpo:pool=600:start=310000",
                 skill_batch=16, skill_prompt="refer", skill_simple=1.0, skill_system="default",
                 skill_eval_every=200, skill_eval_scenes=32, train_vision=False, vision_whiten=True, rl_scenes=640,
                 rl_steps=40, prompts_per_step=16, group_size=8, rl_lr=1e-3, rl_schedule="cosine",
@@ -165,8 +169,10 @@ class RecipeConfig:
         bad = sorted({n for ph in phases for n in ph.skills if n not in SKILLS})
         if bad:
             problems.append(f"unknown skill(s) {', '.join(bad)}; choose from {', '.join(SKILLS)}")
-        if any(ph.steps < 0 or ph.lr <= 0 or not ph.skills or (ph.pool or 0) < 0 for ph in phases):
-            problems.append("every curriculum phase needs skills, steps ≥ 0, a learning rate > 0 and a pool ≥ 0")
+        if any(ph.steps < 0 or ph.lr <= 0 or not ph.skills or (ph.pool or 0) < 0 or (ph.schedule or ph.steps) < ph.steps
+               or not 0 <= (ph.start or 0) < VISION_START for ph in phases):
+            problems.append("every curriculum phase needs skills, steps ≥ 0, a learning rate > 0, a pool ≥ 0, a "
+                            f"schedule no shorter than its steps and a start below {VISION_START}")
         if not all(0.0 <= v <= 1.0 for v in [self.skill_simple, *(ph.simple for ph in phases if ph.simple is not None)]):
             problems.append("the share of clutter-free scenes (skill_simple, a phase's SIMPLE) must be within [0, 1]")
         if self.overview not in OVERVIEWS:
@@ -205,19 +211,23 @@ class RecipeConfig:
                 rest = [r for r in rest if "=" not in r]
                 vision = rest[-1:] == ["vision"]
                 simple = rest[:-1] if vision else rest
-                if len(simple) > 1 or not set(opts) <= {"system", "pool"} or len(opts) < sum("=" in r for r in part.split(":")):
+                if len(simple) > 1 or not set(opts) <= {"system", "pool", "start", "schedule"} \
+                        or len(opts) < sum("=" in r for r in part.split(":")):
                     raise ValueError
                 system = opts.get("system")
                 if system is not None:
                     _parse_systems(system)
+                num = {k: int(opts[k]) for k in ("pool", "start", "schedule") if k in opts}
                 out.append(Phase(_names(names), int(steps), float(lr), float(simple[0]) if simple else None, vision,
-                                 system, int(opts["pool"]) if "pool" in opts else None))
+                                 system, num.get("pool"), num.get("start"), num.get("schedule")))
             except ValueError:
                 raise ValueError(f"curriculum phase {part!r} is not SKILLS:STEPS:LR[:SIMPLE][:vision][:system=KINDS]"
-                                 "[:pool=N] (e.g. cell,ground:900:5e-4, ground:300:2e-3:0.3 for 30 % clutter-free "
-                                 "scenes, ground:300:3e-4:0.3:vision to train the vision tower too, "
+                                 "[:pool=N][:start=N][:schedule=N] (e.g. cell,ground:900:5e-4, ground:300:2e-3:0.3 for "
+                                 "30 % clutter-free scenes, ground:300:3e-4:0.3:vision to train the vision tower too, "
                                  "zoom,ground:100:1e-3:system=mgpo,default;ground=default for the phase's own system "
-                                 "prompts (skill_system's syntax, ';' for its spaces), :pool=600 for its own pool)") from None
+                                 "prompts (skill_system's syntax, ';' for its spaces), :pool=600 for its own pool, "
+                                 ":start=300000 for its first scene index, :schedule=800 for a learning-rate schedule "
+                                 "planned that long and stopped after STEPS)") from None
         return out
 
     def skill_systems(self, skill: str, phase: "Phase | None" = None) -> tuple[str, ...]:
@@ -254,6 +264,8 @@ class Phase:
     vision: bool = False          # this phase trains the vision tower too, even where the run keeps it frozen
     system: str | None = None     # this phase's system prompts, skill_system's syntax (None: cfg.skill_system)
     pool: int | None = None       # this phase's pool of scenes (None: cfg.skill_pool)
+    start: int | None = None      # its first scene index in the skills range (None: phase_start's)
+    schedule: int | None = None   # the length its learning-rate schedule is planned for (None: steps)
 
 
 def _parse_systems(spec: str) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:

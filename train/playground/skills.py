@@ -189,6 +189,16 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12, phase: Phase | No
     return {k: sum(v) / len(v) for k, v in sorted(scores.items())}
 
 
+def lr_factor(planned: int, k: int) -> float:
+    """A skills phase's learning-rate factor after ``k`` steps of a schedule ``planned`` steps
+    long: a linear warm-up over a tenth of it (at most 100 steps), then a cosine down to 10 %."""
+    warm = max(1, min(100, planned // 10))
+    if k < warm:
+        return (k + 1) / warm
+    t = (k - warm) / max(1, planned - warm)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
 def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_to: Path | None = None,
                  snapshots: Path | None = None) -> list[dict]:
     """Full fine-tune on streams of skill examples, phase by phase (:meth:`RecipeConfig.phases`:
@@ -214,21 +224,13 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
     step = 0
     try:
         for index, phase in enumerate(phases):
-            stream = skill_stream(cfg, start=phase_start(cfg, index), skills=phase.skills, simple=phase.simple,
-                                  phase=phase)
+            start = phase_start(cfg, index) if phase.start is None else phase.start
+            stream = skill_stream(cfg, start=start, skills=phase.skills, simple=phase.simple, phase=phase)
             core.requires_grad_(True)
             core.model.visual.requires_grad_(trains_vision(cfg, phase))
             params = [p for p in core.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=0.0)
-            warm = max(1, min(100, phase.steps // 10))
-
-            def lr_at(k: int, warm=warm, steps=phase.steps) -> float:   # linear warm-up, then cosine down to 10 %
-                if k < warm:
-                    return (k + 1) / warm
-                t = (k - warm) / max(1, steps - warm)
-                return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, t)))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, phase.schedule or phase.steps))
             for k in range(1, phase.steps + 1):
                 step += 1
                 batch = [next(stream) for _ in range(cfg.skill_batch)]

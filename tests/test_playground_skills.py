@@ -142,7 +142,7 @@ def test_a_phase_can_start_at_its_own_scenes_and_stop_its_schedule_early(tiny_lo
     monkeypatch.setattr(skills, "skill_stream", lambda c, **kw: starts.append(kw["start"]) or real(c, **kw))
     loaded = types.SimpleNamespace(model=copy.deepcopy(tiny_loaded.model), processor=tiny_loaded.processor)
     hist = skills.train_skills(loaded, cfg)
-    assert starts == [300000, settings.phase_start(cfg, 1)]
+    assert starts == [300000, settings.phase_start(cfg, 1)] and settings.phase_start(cfg, 0) == 300000
     assert [r["lr"] for r in hist[:3]] == pytest.approx([1e-3 * skills.lr_factor(30, k) for k in (1, 2, 3)])
     assert [r["lr"] for r in hist[3:]] == pytest.approx([1e-3 * skills.lr_factor(2, k) for k in (1, 2)])
     assert "ground for 3 steps (of a learning-rate schedule planned for 30)" in cards.skills_text(cfg)

@@ -299,7 +299,10 @@ def phase_start(cfg: RecipeConfig, index: int) -> int:
     """The first scene index phase ``index`` reads: each phase its own part of the skills seed range,
     from ``skill_start`` on, ``PHASE_SPACING`` apart and below the vision probe's ``VISION_START``;
     past it the parts wrap round a quarter spacing further on (a ``cpu`` phase reads under 10 000
-    scenes, so its wrapped parts stay apart)."""
+    scenes, so its wrapped parts stay apart) — or the phase's own ``:start=``."""
+    own = cfg.phases()[index].start if index < len(cfg.phases()) else None
+    if own is not None:
+        return own
     n = cfg.skill_start + index * PHASE_SPACING
     return n % VISION_START + PHASE_SPACING // 4 * (n // VISION_START % 4)
 

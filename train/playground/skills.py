@@ -86,12 +86,15 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
     """An endless stream of skill examples from consecutive scenes of ``split``, shuffled within a
     buffer of ``cfg.skill_buffer`` scenes so a batch mixes scenes and skills. Each example is
     ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``, or
-    ``phase``'s own); ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``).
+    ``phase``'s own; its skills and share of clutter-free scenes too); ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``).
     With a pool (``cfg.skill_pool`` or ``phase``'s own) the stream is that many scenes' examples
     instead, drawn once and reshuffled each pass."""
     from mgpo.playground.skill_examples import SKILLS, scene_examples
     from mgpo.playground.world import SPLITS
 
+    if phase is not None:
+        skills = phase.skills if skills is None else skills
+        simple = phase.simple if simple is None else simple
     rng = random.Random(f"{cfg.seed}:{split}:{start}")
     systems = {name: [skill_system_prompt(k) for k in cfg.skill_systems(name, phase)] for name in SKILLS}
     pool_size = cfg.skill_pool_of(phase)
@@ -224,8 +227,7 @@ def train_skills(loaded, cfg: RecipeConfig, log_path: Path | None = None, save_t
     step = 0
     try:
         for index, phase in enumerate(phases):
-            start = phase_start(cfg, index) if phase.start is None else phase.start
-            stream = skill_stream(cfg, start=start, skills=phase.skills, simple=phase.simple, phase=phase)
+            stream = skill_stream(cfg, start=phase_start(cfg, index), phase=phase)
             core.requires_grad_(True)
             core.model.visual.requires_grad_(trains_vision(cfg, phase))
             params = [p for p in core.parameters() if p.requires_grad]

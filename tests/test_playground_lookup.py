@@ -1,5 +1,5 @@
-"""The name → card look-up harness (train/playground/lookup.py): its data, its perfect features,
-its scoring and a short run on the tiny model."""
+"""The name → card look-up harness (train/playground/lookup.py): its data, its perfect features
+(train/playground/probe_features.py), its scoring and a short run on the tiny model."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from train.playground import lookup
-from train.playground.lookup import LookupConfig, PerfectFeatures, candidates, scene_items
+from train.playground import lookup, probe_features
+from train.playground.lookup import LookupConfig, candidates, scene_items
+from train.playground.probe_features import PerfectFeatures
 
 
 def test_perfect_and_tower_scenes_ask_the_same_cards_with_the_same_prompts_and_classes():
@@ -50,6 +51,16 @@ def test_every_slot_is_a_candidate_and_the_cards_slot_gives_the_trained_reply():
     for ex, row, k in zip(examples, candidates(examples, slots), cards):
         assert row[k].target == ex.target and ex.target.index('"label"') < ex.target.index('"bbox_2d"')
         assert all(c.target.index('"label"') < c.target.index('"bbox_2d"') for c in row)
+    # adjacent: the colour word glued to the four numbers, no JSON; the candidates in the same format
+    examples, _, (slots, cards) = scene_items(5, LookupConfig("m", cards=3, adjacent=True))
+    for ex, row, k in zip(examples, candidates(examples, slots), cards):
+        colour = ex.meta["name"].split()[0]
+        assert ex.target == colour + ", ".join(str(v) for v in ex.meta["box_model"])
+        assert row[k].target == ex.target and len({c.target for c in row}) == 16
+        assert all(c.target.startswith(colour) and "bbox_2d" not in c.target for c in row)
+    for bad in (dict(adjacent=True, label_first=True), dict(weight_decay=-0.1)):
+        with pytest.raises(ValueError):
+            LookupConfig("m", **bad).check()
 
 
 def test_perfect_features_are_one_hots_as_large_as_a_token_embedding(tiny_loaded):
@@ -134,7 +145,7 @@ def test_refine_asks_in_mgpos_three_turn_middle_turn_after_a_whole_board_turn_1(
         # turn 2 (learned): the whole board's crop — the overview again — in the refine template → the card's box
         assert b.prompt == render(prompts, "refine", asked) and b.prompt.index("<image>") < b.prompt.index(asked)
         assert b.images == a.images and b.target == a.target
-        assert lookup.conversation_images(b) == [a.images[0]] * 2
+        assert probe_features.conversation_images(b) == [a.images[0]] * 2
         # every candidate reply keeps the conversation
         assert all(c.context == b.context and c.prompt == b.prompt for c in candidates([b], slots[0])[0])
     # the short wording: the same turn without the question after the crop; the name only in turn 1, before it
@@ -155,7 +166,7 @@ def test_clean_features_are_the_towers_least_squares_sum(tiny_loaded):
     backend = QwenBackend(tiny_loaded.model, tiny_loaded.processor)
     cfg = LookupConfig("m", "clean", cards=2, overview=224)
     seeds = range(40, 46)
-    clean = PerfectFeatures.fitted(backend, cfg, seeds)
+    clean = PerfectFeatures.fitted(backend, lookup.tower_scenes(cfg, seeds), side=8)
     tower, fitted = [], []
     with torch.no_grad():
         for seed in seeds:
@@ -184,11 +195,11 @@ def test_the_patch_feeds_the_given_features_and_is_removed(tiny_loaded):
     f = PerfectFeatures.random(backend.core, side=8)
     with torch.no_grad():
         plain, _ = sft_loss(backend.core, backend, seqs)
-        lookup._patched_forward(backend.core, f(classes))
+        probe_features.patch_image_features(backend.core, f(classes))
         a, _ = sft_loss(backend.core, backend, seqs)
-        lookup._patched_forward(backend.core, f([(0, 0, 0)] * len(classes)))
+        probe_features.patch_image_features(backend.core, f([(0, 0, 0)] * len(classes)))
         b, _ = sft_loss(backend.core, backend, seqs)
-        lookup._unpatch(backend.core)
+        probe_features.unpatch(backend.core)
         again, _ = sft_loss(backend.core, backend, seqs)
     assert float(a) != float(b) and float(a) != float(plain)
     assert float(again) == pytest.approx(float(plain), abs=1e-6)
@@ -216,10 +227,11 @@ def test_the_cli_refuses_bad_settings_and_trains_a_fresh_model(tiny_model_dir, t
     out = tmp_path / "fresh.jsonl"
     assert lookup.main(["--model", str(tiny_model_dir), "--fresh", "32x1", "--overview", "224", "--cards", "2",
                         "--steps", "2", "--batch", "4", "--eval-every", "2", "--eval-scenes", "2",
-                        "--image-again", "--score-refine", "--out", str(out)]) == 0
+                        "--image-again", "--score-refine", "--weight-decay", "0.1", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["config"]["fresh"] == "32x1" and [r["step"] for r in rows[1:]] == [0, 2]
     assert rows[0]["config"]["image_again"] is True        # two images a prompt, features for both
+    assert rows[0]["config"]["weight_decay"] == 0.1
     # VAL scored in the three-turn middle turn as well: its own scores beside the training layout's
     assert all(r["n_refine"] == r["n"] == 4 and 0.0 <= r["lookup_refine"] <= r["card_refine"] <= 1.0 for r in rows[1:])
     assert all(r["loss_refine"] != r["loss"] for r in rows[1:])

@@ -49,6 +49,8 @@ from pathlib import Path
 
 from mgpo.playground.world import Budgets
 
+from .probe_features import PerfectFeatures, feed, unpatch
+
 FEATURES = ("perfect", "aligned", "clean", "tower")
 
 
@@ -67,6 +69,9 @@ class LookupConfig:
     seed: int = 0
     clutter: float = 0.7                # share of cluttered scenes (tower: the rest are plain)
     label_first: bool = False           # the reply names the card before its box
+    adjacent: bool = False              # the reply is the colour word, then the four numbers (no JSON): the name is
+                                        # the token that predicts the first digit, no hop to reach it
+    weight_decay: float = 0.0           # AdamW's
     question_first: float = 0.0         # share of training scenes asked text first, image after (not MGPO's
                                         # order); VAL asks image first unless it is 1 (a diagnostic)
     image_again: bool = False           # the image again after the text (as MGPO's turn-2 crop follows the
@@ -91,6 +96,10 @@ class LookupConfig:
             problems.append("batch, steps, eval_every and eval_scenes must be ≥ 1")
         if self.fresh and not _fresh_shape(self.fresh):
             problems.append(f"fresh must read HIDDENxLAYERS (e.g. 512x8), not {self.fresh!r}")
+        if self.adjacent and self.label_first:
+            problems.append("adjacent is a reply of its own: not with label_first")
+        if self.weight_decay < 0:
+            problems.append("weight_decay must be ≥ 0")
         if self.refine and (self.image_again or self.question_first):
             problems.append("refine is a layout of its own: not with image_again or question_first")
         if problems:
@@ -129,6 +138,8 @@ def scene_items(seed: int, cfg: LookupConfig, held_out: bool = False):
         scene = Scene(blank[0], "", [], "", card.box, "", "", seed, layout)
         overview = blank[1]
     examples = ground_examples(scene, budgets, "refer", rng, cfg.label_first, overview)
+    if cfg.adjacent:
+        examples = [replace(ex, target=adjacent_reply(ex.meta["box_model"], ex.meta["name"])) for ex in examples]
     share = float(cfg.question_first >= 1) if held_out else cfg.question_first
     if share and random.Random(f"lookup-order:{seed}").random() < share:
         # the image's tokens then see the asked name: the look-up is one hop
@@ -169,11 +180,6 @@ def _as_refine(ex, repeat: bool = True):
     return replace(ex, prompt=render(prompts, "refine", asked) if repeat else SHORT_REFINE, context=(turn1,))
 
 
-def conversation_images(ex) -> list:
-    """Every image of an example's conversation, in order: its context's, then its own."""
-    return [image for _, images, _ in ex.context for image in images] + list(ex.images)
-
-
 @functools.lru_cache(maxsize=4)
 def _blank(size: int, overview: int):
     """A blank scene of ``size`` and its overview as fed (perfect features never read pixels)."""
@@ -185,111 +191,13 @@ def _blank(size: int, overview: int):
     return image, geometry.prepare(image, None, **Budgets.for_overview(overview).engine())
 
 
-class PerfectFeatures:
-    """Image features made from per-token classes: one-hots of (colour, row, column) through a map
-    into the language model's width — a random orthonormal one as large as a token embedding
-    (:meth:`random`), the same with the colour words' own embeddings for the colours
-    (:meth:`aligned`), or the additive model of the tower's own features (:meth:`fitted`)."""
-
-    def __init__(self, mapping, n_col: int, side: int, words=None):
-        self.map, self.n_col, self.side = mapping, n_col, side       # (hidden, n_col + 2·side)
-        self.words = words       # aligned: (embedding, token ids of the colour words), the colour part read live
-
-    @classmethod
-    def aligned(cls, core, tokenizer, side: int, seed: int = 0) -> "PerfectFeatures":
-        """As :meth:`random`, but a card's colour is said with its colour word's own input
-        embedding (" red", as the prompt writes it), read live as training moves it: features
-        aligned with the words, as a VLM's projector learns them from captions."""
-        from mgpo.playground.world import COLOURS
-
-        out = cls.random(core, side, seed)
-        ids = [tokenizer(" " + name, add_special_tokens=False)["input_ids"][0] for name in sorted(COLOURS)]
-        out.words = (core.get_input_embeddings(), ids)
-        return out
-
-    @classmethod
-    def random(cls, core, side: int, seed: int = 0) -> "PerfectFeatures":
-        import torch
-
-        from mgpo.playground.world import COLOURS
-
-        hidden = core.config.text_config.hidden_size
-        n_col = len(COLOURS) + 1
-        dims = n_col + 2 * side
-        if dims > hidden:
-            raise ValueError(f"perfect features need {dims} dimensions; the model is {hidden} wide")
-        g = torch.Generator().manual_seed(seed)
-        q, _ = torch.linalg.qr(torch.randn(hidden, dims, generator=g))
-        norm = core.get_input_embeddings().weight.detach().float().norm(dim=-1).mean().item()
-        return cls((q * norm / 3 ** 0.5).to(core.device, next(core.parameters()).dtype), n_col, side)   # three one-hots
-
-    @classmethod
-    def fitted(cls, backend, cfg: "LookupConfig", seeds) -> "PerfectFeatures":
-        """Least squares of the tower's features on the one-hots over the scenes of ``seeds``:
-        what the tower says of colour, row and column, without the clutter's and the
-        background's share — the features the base reads, noise-free."""
-        import torch
-
-        from mgpo.playground.world import COLOURS
-
-        tower = LookupConfig(**{**asdict(cfg), "features": "tower"})
-        n_col, side = len(COLOURS) + 1, Budgets.for_overview(cfg.overview).overview // 28
-        probe = cls(None, n_col, side)
-        xs, ys = [], []
-        with torch.no_grad():
-            for seed in seeds:
-                examples, classes, _ = scene_items(seed, tower)
-                ys.append(backend.image_features([backend.feed_image(examples[0].images[0])]).float().cpu())
-                xs.append(probe.onehot(classes, "cpu", torch.float32))
-        x, y = torch.cat(xs), torch.cat(ys)
-        w = torch.linalg.lstsq(x, y, driver="gelsd").solution                     # (dims, hidden)
-        return cls(w.T.to(backend.device, backend.dtype).contiguous(), n_col, side)
-
-    def onehot(self, classes, device, dtype):
-        import torch
-
-        k = torch.tensor(classes, device=device)           # (tokens, 3)
-        out = torch.zeros(len(classes), self.n_col + 2 * self.side, device=device, dtype=dtype)
-        rows = torch.arange(len(classes), device=device)
-        out[rows, k[:, 0]] = 1
-        out[rows, self.n_col + k[:, 1]] = 1
-        out[rows, self.n_col + self.side + k[:, 2]] = 1
-        return out
-
-    def __call__(self, classes) -> "torch.Tensor":
-        onehot = self.onehot(classes, self.map.device, self.map.dtype)
-        if self.words is None:
-            return onehot @ self.map.T
-        import torch
-
-        embed, ids = self.words
-        colours = embed.weight[torch.tensor(ids, device=self.map.device)].detach().to(self.map.dtype) / 3 ** 0.5
-        mapping = torch.cat([self.map[:, :1], colours.T, self.map[:, self.n_col:]], 1)
-        return onehot @ mapping.T
-
-
-def _patched_forward(core, features):
-    """Make the model take ``features`` (tokens, hidden), in order, for its images' features."""
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    model = core.model
-
-    def get_image_features(pixel_values, image_grid_thw=None, **kw):
-        sizes = (image_grid_thw.prod(-1) // model.visual.spatial_merge_size ** 2).tolist()
-        return BaseModelOutputWithPooling(pooler_output=features.split(sizes))
-
-    model.get_image_features = get_image_features
-
-
-def _feed(core, perfect: PerfectFeatures, rows) -> None:
-    """Patch the model to take, for each (token classes, example) of ``rows`` in batch order, the
-    features of those classes once per image of the example's conversation (the overview, once
-    or twice)."""
-    _patched_forward(core, perfect([c for classes, ex in rows for _ in conversation_images(ex) for c in classes]))
-
-
-def _unpatch(core) -> None:
-    core.model.__dict__.pop("get_image_features", None)
+def tower_scenes(cfg: LookupConfig, seeds):
+    """(the rendered overview as fed, per-token classes) of the scenes of ``seeds``: what
+    :meth:`PerfectFeatures.fitted` fits the tower's features on."""
+    tower = replace(cfg, features="tower")
+    for seed in seeds:
+        examples, classes, _ = scene_items(seed, tower)
+        yield examples[0].images[0], classes
 
 
 def load_core(cfg: LookupConfig, workdir: Path):
@@ -313,13 +221,22 @@ def load_core(cfg: LookupConfig, workdir: Path):
     return loaded, QwenBackend(loaded.model, loaded.processor)
 
 
+def adjacent_reply(box, name: str) -> str:
+    """The ``adjacent`` diagnostic's reply: the colour word glued to the coordinates
+    (``red112, 56, 168, 112``), so the colour's own token predicts the first digit."""
+    return name.split()[0] + ", ".join(str(int(v)) for v in box)
+
+
 def candidates(examples, boxes) -> list:
     """For each example (a card asked by name), one copy per box of ``boxes`` whose reply boxes
-    it, the asked name as its label."""
+    it, the asked name as its label, in the example's own reply format."""
     from mgpo.playground.skill_examples import bbox_json
 
     out = []
     for ex in examples:
+        if '"bbox_2d"' not in ex.target:
+            out.append([replace(ex, target=adjacent_reply(box, ex.meta["name"])) for box in boxes])
+            continue
         first = ex.target.index('"label"') < ex.target.index('"bbox_2d"')
         out.append([replace(ex, target=bbox_json(box, ex.meta["name"], first)) for box in boxes])
     return out
@@ -340,7 +257,7 @@ def score_lookup(backend, cfg: LookupConfig, scenes: list, perfect: PerfectFeatu
             asks = [c for row in candidates(examples, slots) for c in row]
             seqs = [example_sequence(backend, c) for c in asks]
             if perfect is not None:
-                _feed(backend.core, perfect, [(classes, ex) for ex in asks])
+                feed(backend.core, perfect, [(classes, ex) for ex in asks])
             _, per_row = sft_loss(backend.core, backend, seqs)
             per_row = per_row.view(len(examples), len(slots))
             n_tok = torch.tensor([sum(s.loss_mask) for s in seqs], dtype=per_row.dtype,
@@ -371,7 +288,8 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
     train_lo, train_hi = SPLITS["skills"]
     perfect = (PerfectFeatures.random(core, side, cfg.seed) if cfg.features == "perfect" else
                PerfectFeatures.aligned(core, backend.tok, side, cfg.seed) if cfg.features == "aligned" else
-               PerfectFeatures.fitted(backend, cfg, range(train_lo + 590_000, train_lo + 590_000 + cfg.fit_scenes))
+               PerfectFeatures.fitted(backend, tower_scenes(cfg, range(train_lo + 590_000, train_lo + 590_000 + cfg.fit_scenes)),
+                                      side)
                if cfg.features == "clean" else None)
     val_lo, _ = SPLITS["val"]
     val = [scene_items(val_lo + i, cfg, held_out=True) for i in range(cfg.eval_scenes)]
@@ -381,7 +299,7 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
     core.requires_grad_(True)
     core.model.visual.requires_grad_(False)
     params = [p for p in core.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / 20))
     log: list[dict] = []
     sink = out.open("w") if out else None
@@ -413,7 +331,7 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
             examples, classes = examples[:cfg.batch], classes[:cfg.batch]
             seqs = [example_sequence(backend, ex) for ex in examples]
             if perfect is not None:
-                _feed(core, perfect, zip(classes, examples))
+                feed(core, perfect, zip(classes, examples))
             loss, _ = sft_loss(core, backend, seqs)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -425,7 +343,7 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
                 evaluate(step, sum(recent) / len(recent))
                 recent = []
     finally:
-        _unpatch(core)
+        unpatch(core)
         if sink:
             sink.close()
     return log
@@ -450,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="train a random language model of this size instead of the base's")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--label-first", action="store_true", help="replies name the card before its box")
+    p.add_argument("--adjacent", action="store_true",
+                   help="a diagnostic: the reply is the colour word glued to the four numbers (red112, 56, 168, 112), "
+                        "so the name is the very token that predicts the box: the look-up without its first hop")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's weight decay")
     p.add_argument("--question-first", type=float, default=d.question_first, metavar="SHARE",
                    help="a diagnostic: this share of training scenes puts the prompt's text before the image, so "
                         "the image's tokens see the asked name; VAL asks image first unless SHARE is 1")
@@ -465,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the log here (JSON lines)")
     a = p.parse_args(argv)
     cfg = LookupConfig(a.model, a.features, a.cards, a.overview, a.steps, a.batch, a.lr, a.eval_every,
-                       a.eval_scenes, a.fresh, a.seed, label_first=a.label_first,
+                       a.eval_scenes, a.fresh, a.seed, label_first=a.label_first, adjacent=a.adjacent,
+                       weight_decay=a.weight_decay,
                        question_first=a.question_first, image_again=a.image_again, refine=a.refine,
                        refine_repeat=not a.refine_short, score_refine=a.score_refine)
     try:

@@ -18,8 +18,9 @@ from mgpo.eval.scoring import iou
 from mgpo.parsing import extract_boxed, parse_bbox
 from mgpo.playground import legibility
 from mgpo.playground.skill_examples import BASIC_SKILLS, GROUND_PROMPTS, scene_examples, skill_examples
-from mgpo.playground.world import (CARD_ALPHA, COLOURS, N_CARDS, PATTERNS, SPLITS, Budgets, board_slot, main as world_cli,
-                                   make_scene, split_of, render, split_seeds, stripe_ink)
+from mgpo.playground.draw import CARD_ALPHA, render, stripe_ink
+from mgpo.playground.world import (COLOURS, N_CARDS, PATTERNS, SPLITS, Budgets, board_slot, main as world_cli,
+                                   make_scene, split_of, split_seeds)
 from mgpo.prompts import LETTERS, get_prompts
 from mgpo.scripted import ScriptedBackend
 

@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from .. import geometry
-from .world import OVERVIEWS, Budgets, Scene, lattice_step, make_scene, split_seeds, with_detail
+from .draw import with_detail
+from .world import OVERVIEWS, Budgets, Scene, lattice_step, make_scene, split_seeds
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Supervised base-skill examples from playground scenes — what a pretrained VLM would bring.
 
 None of these is the MGPO task (question about a card's stripes → box); they are the abilities the
-task needs, taught on their own prompts (NOTES "Playground feasibility"):
+task needs, taught on their own prompts:
 
 1. ``ground`` — grounding by name on the overview: *"Locate the red card in the image. Output the
    coordinates of the red card in JSON format."* → Qwen's JSON ``bbox_2d`` block, in the model
@@ -33,8 +33,8 @@ With the image first, a small model learns where cards are but not which one a n
 
 Coordinates are snapped to the world's lattice (multiples of 14 in the overview frame, half a
 visual token). Cards sit exactly on that lattice, so the snap is lossless here (IoU 1.0 with the
-card), and a small model learns 17 possible values per coordinate instead of 225 — the coarse
-frame NOTES lists as the first idea to try. A multiple-of-28 grid would be coarser still but
+card), and a small model learns 17 possible values per coordinate instead of 225: a coarse
+frame is the first thing to try when a small model must learn boxes. A multiple-of-28 grid would be coarser still but
 cannot express a 42-px card: its boxes would be 28 px (invalid: sides must exceed 28) or 56 px
 (a crop 1.8× larger, the stripes that much finer).
 

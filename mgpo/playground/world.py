@@ -1,7 +1,7 @@
 """The playground world: procedurally generated high-resolution scenes with one small target.
 
 A scene (``size``×``size`` pixels, 2048 by default) is a colour-ramp background (red rises left →
-right, blue top → bottom: the world's one absolute-position cue, see :func:`_background`),
+right, blue top → bottom: the world's one absolute-position cue, see :func:`.draw.background`),
 translucent clutter (muted shapes, lines and "decoy" dot patterns everywhere) and one coloured
 **card** (``N_CARDS``; more on request) in a slot of a 4×4 board (``grid``; 0 places cards
 anywhere on the lattice), in one of eight saturated colours that nothing else in the scene uses.
@@ -57,11 +57,10 @@ import argparse
 import math
 import random
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .. import geometry
 from ..prompts import LETTERS
@@ -77,16 +76,12 @@ PATTERNS = ("horizontal", "vertical", "rising diagonal", "falling diagonal")   #
 PERIOD = 8                       # stripe period across the stripes, original px at 2048 for 224 (scaled)
 MARGIN = 0.12                    # unstriped paper around the stripes, a fraction of the label side
 DECOY = (5, 7)                   # decoy dot patterns in the clutter: columns × rows of dots
-DECOY_DOT = 2                    # original px per decoy dot at 2048
 N_STAINS = (8, 16)               # faint stains per label ...
 STAIN_RADIUS = (4, 14)           # ... of this radius (original px at 2048) ...
 STAIN_DARK = (20, 60)            # ... and this many grey levels darker than the paper
 N_CARDS = (1, 1)                 # cards per scene, target included (the task: one small target)
 GRID = 4                         # cards sit in the slots of a GRID × GRID board (0: anywhere on the lattice)
 N_CLUTTER = (70, 130)            # clutter shapes per scene at clutter=1
-CLUTTER_ALPHA = 0.45             # clutter is translucent: the background ramp shows through
-RAMP = (20, 235)                 # background red (left → right) and blue (top → bottom) ramp ends
-CARD_ALPHA = 0.6                 # card bodies are translucent: the ramp shows through (see draw_card)
 
 COLOURS: dict[str, tuple[int, int, int]] = {   # the card names; nothing else is this saturated
     "red": (215, 35, 35),
@@ -338,107 +333,9 @@ def make_layout(seed: int, size: int | None = None, budgets: Budgets = Budgets()
                   scale)
 
 
-def _background(layout: Layout) -> Image.Image:
-    """A smooth colour ramp (red rises left → right, blue top → bottom) + blotches (low
-    frequency) + grain (high frequency). The ramp is the world's one absolute-position cue: every
-    patch of the overview shows roughly where it is, as a horizon, shadows or perspective do in a
-    photograph. A pretrained VLM knows where things are from billions of images; a few-million-
-    parameter model trained for minutes learns a box from this cue (NOTES "Playground
-    feasibility": without it, absolute coordinates were not learned in 20 k samples)."""
-    size = layout.size
-    half = (size + 1) // 2                      # painted at half resolution, then doubled (speed)
-    rng = np.random.default_rng([layout.seed, size])
-    blotch = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((half, half), Image.Resampling.BILINEAR)
-    ramp = np.linspace(RAMP[0], RAMP[1], half, dtype=np.float32)
-    base = np.empty((half, half, 3), dtype=np.float32)
-    base[..., 0] = ramp[None, :]
-    base[..., 1] = 0.5 * (RAMP[0] + RAMP[1]) + (layout.background[1] - 128.0) / 4.0   # the scene's own tint
-    base[..., 2] = ramp[:, None]
-    base += (np.asarray(blotch, dtype=np.float32) - 128.0) / 24.0
-    base += rng.integers(-9, 10, (half, half), dtype=np.int16)[..., None]   # grain
-    out = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
-    out = out.resize((2 * half, 2 * half), Image.Resampling.NEAREST)   # each pixel doubled
-    return out if 2 * half == size else out.crop((0, 0, size, size))
-
-
-def stripe_ink(pattern: str, width: int, height: int, period: int) -> np.ndarray:
-    """How much ink (0..1) ``pattern``'s stripes put on each pixel of a ``width``×``height``
-    square: a sinusoid of ``period`` across the stripes (phase 0 at the square's corner), faded in over one
-    period at the square's edges. Sinusoidal and faded, the stripes have no low-frequency part
-    that depends on their orientation (hard-edged stripes, cut at the square's border, left one
-    that survived the overview's resize); their mean ink is the same for all four."""
-    if pattern not in PATTERNS:
-        raise ValueError(f"unknown stripe pattern {pattern!r}; choose one of {', '.join(PATTERNS)}")
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    across = {"horizontal": y, "vertical": x, "rising diagonal": (x + y) / math.sqrt(2),
-              "falling diagonal": (x - y) / math.sqrt(2)}[pattern]
-    wave = 0.5 + 0.5 * np.cos(2 * math.pi * across / period)
-    def fade(t, n):   # 0 → 1 over one period from each edge, raised-cosine
-        return 0.5 - 0.5 * np.cos(math.pi * np.clip(np.minimum(t + 0.5, n - t - 0.5) / period, 0, 1))
-    return wave * fade(x, width) * fade(y, height)
-
-
-def draw_card(image: Image.Image, card: Card, period: int, clean: bool = False, detail: str | None = None) -> None:
-    """Paint ``card`` onto ``image`` (in place). ``clean``: the card as its design says — no
-    stains, ink 40 — the template a reader could know; ``detail`` overrides its orientation."""
-    x1, y1, x2, y2 = card.box
-    side = x2 - x1
-    border = max(2, side // 96)
-    # the body is translucent (CARD_ALPHA): the background ramp shows through, so the patches of
-    # the card itself still say where they are (an opaque card hid the world's position cue)
-    body = Image.new("RGBA", (side, y2 - y1), (0, 0, 0, 0))
-    ImageDraw.Draw(body).rounded_rectangle((0, 0, side - 1, y2 - y1 - 1), radius=side // 12,
-                                           fill=(*(COLOURS[card.colour] if clean else card.shade), int(255 * CARD_ALPHA)),
-                                           outline=(*(v // 2 for v in COLOURS[card.colour]), 255), width=border)
-    region = image.crop((x1, y1, x2, y2)).convert("RGBA")
-    image.paste(Image.alpha_composite(region, body).convert("RGB"), (x1, y1))
-    lx1, ly1, lx2, ly2 = card.label
-    paper = (246, 244, 238)
-    label = Image.new("RGB", (lx2 - lx1, ly2 - ly1), paper)
-    if not clean:   # faint stains, kept inside the label
-        ldraw = ImageDraw.Draw(label)
-        for cx, cy, r, dark in card.stains:
-            ldraw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(v - dark for v in paper))
-    sx1, sy1, sx2, sy2 = card.stripes
-    cover = stripe_ink(detail or card.detail, sx2 - sx1, sy2 - sy1, period)
-    pixels = np.asarray(label, dtype=np.float64).copy()
-    part = pixels[sy1 - ly1:sy2 - ly1, sx1 - lx1:sx2 - lx1]
-    part += cover[..., None] * ((40 if clean else card.ink) - part)
-    image.paste(Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "RGB"), (lx1, ly1))
-
-
-def render(layout: Layout) -> Image.Image:
-    """The scene's pixels: background, translucent clutter, then the cards on top."""
-    image = _background(layout)
-    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    alpha = int(round(255 * CLUTTER_ALPHA))
-    for kind, coords, colour, width in layout.clutter:
-        fill = (*colour, alpha)
-        if kind == "ellipse":
-            draw.ellipse(coords, fill=fill)
-        elif kind == "rectangle":
-            draw.rectangle(coords, fill=fill)
-        elif kind == "triangle":
-            draw.polygon(coords, fill=fill)
-        elif kind == "line":
-            draw.line(coords, fill=fill, width=width)
-        else:
-            x, y, bits = coords
-            d = max(2, int(round(DECOY_DOT * layout.scale)) - 1 + width % 3)
-            for k, bit in enumerate(bits):
-                if bit:
-                    c, r = k % DECOY[0], k // DECOY[0]
-                    draw.rectangle((x + c * d, y + r * d, x + (c + 1) * d - 1, y + (r + 1) * d - 1),
-                                   fill=(*colour, 255))
-    if layout.clutter:   # (a clutter-free scene skips compositing an empty layer: same pixels)
-        image = Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
-    for card in layout.cards:
-        draw_card(image, card, layout.period)
-    return image
-
-
 def scene_from_layout(layout: Layout) -> Scene:
+    from .draw import render     # (draw reads this module's layouts)
+
     card = layout.cards[layout.target]
     return Scene(render(layout), question(f"{card.colour} card"), list(layout.choices),
                  layout.answer, card.box, f"{card.colour} card", card.detail, layout.seed, layout)
@@ -455,14 +352,6 @@ def make_scene(seed: int, size: int | None = None, budgets: Budgets = Budgets(),
     plain layout of cards on a textured background); ``grid`` is the board's slots per side (0:
     cards anywhere on the lattice); ``size`` defaults to the geometry's."""
     return scene_from_layout(make_layout(seed, size, budgets, clutter, n_cards, grid))
-
-
-def with_detail(scene: Scene, detail: str, clean: bool = False) -> Image.Image:
-    """The scene's image with the target card repainted to show ``detail`` (all else equal)."""
-    image = scene.image.copy()
-    card = scene.target
-    draw_card(image, card if clean else replace(card, detail=detail), scene.layout.period, clean=clean, detail=detail)
-    return image
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,10 @@ the model's width — and :func:`feed` makes the model take them in place of its
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 def conversation_images(ex) -> list:
     """Every image of an example's conversation, in order: its context's, then its own."""

@@ -29,7 +29,8 @@ def write_rl_data(out: Path, n: int, start: int = 0, workers: int = 0, budgets=N
 def _rl_record(out: Path, budgets, cards: int, seed: int) -> dict:
     """Scene ``seed`` as ``out/scenes/scene-SEED-SIDE[-cCARDS].png`` (kept if a rerun finds it) and
     its JSONL record."""
-    from mgpo.playground.world import make_layout, question, render
+    from mgpo.playground.draw import render
+    from mgpo.playground.world import make_layout, question
 
     layout = make_layout(seed, budgets=budgets, n_cards=(cards, cards))
     png = out / "scenes" / (f"scene-{seed}-{layout.size}" + (f"-c{cards}" if cards != 1 else "") + ".png")

@@ -18,8 +18,9 @@ One step (per process):
    never saved or pushed.
 
 Processes (``accelerate launch``) each roll out their own prompts; nothing but the LoRA
-gradients, the token count and the logged metrics crosses processes, so the model is never
-wrapped in DDP (the engine calls sub-modules directly, which a DDP wrapper would not see).
+gradients, the token count and the logged metrics crosses processes (:mod:`train.processes`),
+so the model is never wrapped in DDP (the engine calls sub-modules directly, which a DDP wrapper
+would not see).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mgpo.images import ImageError, load_image
 from mgpo.conversation import Sampling
 
 from . import checkpoint as ckpt
+from . import processes
 from .config import VISION_TARGETS, ConfigError, TrainConfig
 from .data import Item, Sampler, load_items
 from .grpo import group_advantages, policy_loss
@@ -117,12 +119,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError(f"the LoRA target regex {targets!r} matched no module of {cfg.model}")
-        if self.world > 1:                  # start every replica from process 0's weights
-            import torch.distributed as dist
-
-            with torch.no_grad():
-                for p in self.params:
-                    dist.broadcast(p.data, src=0)
+        processes.broadcast_from_first(self.params, self.world)   # every replica starts from process 0's weights
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = cfg.steps * cfg.mini_batches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: cfg.lr_factor(k, total))
@@ -200,27 +197,6 @@ class Trainer:
         logp, ent = token_logprobs(self.core, batch, T, with_entropy=True)
         return logp, ent, ref
 
-    def _allreduce_grads(self) -> None:
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        k = 0
-        for p, g in zip(self.params, grads):
-            n = g.numel()
-            p.grad = flat[k:k + n].view_as(p).clone()
-            k += n
-
-    def _sum_over_processes(self, x: float) -> float:
-        if self.world == 1:
-            return x
-        t = torch.tensor([x], dtype=torch.float64, device=self.acc.device)
-        return float(self.acc.reduce(t, reduction="sum").item())
-
     def _apply_update(self, step: int, m: int) -> float:
         """Clip and step on the (all-reduced) gradients, or skip the update when their norm is not
         finite. Returns the norm; the scheduler advances either way (its count is updates tried)."""
@@ -284,7 +260,7 @@ class Trainer:
             local = sum(sum(rollouts[i].loss_mask) for i in mb)
             # token-mean over the whole mini-batch on all processes: gradients are averaged over
             # the W processes afterwards, so each divides its token sum by (global tokens / W)
-            denom = max(self._sum_over_processes(float(local)) / self.world, 1.0)
+            denom = max(processes.sum_over(self.acc, self.world, float(local)) / self.world, 1.0)
             for k in range(0, len(mb), cfg.micro_batch):
                 idx = mb[k:k + cfg.micro_batch]
                 batch = collate([rollouts[i] for i in idx], pad_id, image_id, self.acc.device, self.dtype)
@@ -307,7 +283,7 @@ class Trainer:
                     stats[key] += val * w
                 stats["ratio_max"] = max(stats["ratio_max"], parts.ratio_max)
                 stats["ratio_min"] = min(stats["ratio_min"], parts.ratio_min)
-            self._allreduce_grads()
+            processes.allreduce_grads(self.params, self.world)
             norm = self._apply_update(step, m)
             if math.isfinite(norm):
                 grad_norms.append(norm)
@@ -327,30 +303,7 @@ class Trainer:
                 "train_seconds": train_s, "tokens_per_s": tokens_seen / train_s if train_s > 0 else 0.0,
                 "skipped_items": sum(len(v) for v in self.skipped.values())}
 
-    def _average_metrics(self, metrics: dict) -> dict:
-        if self.world == 1:
-            return metrics
-        keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
-        vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.acc.device)
-        nan = torch.isnan(vals)
-        vals = torch.nan_to_num(vals)
-        counts = self.acc.reduce((~nan).double(), reduction="sum")
-        sums = self.acc.reduce(vals, reduction="sum")
-        avg = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
-        out = dict(zip(keys, avg.tolist()))
-        out.update({k: sums[keys.index(k)].item() for k in _SUMMED if k in keys})   # counts add up
-        return {**metrics, **out}
-
     # ----- checkpoints and pushes -----------------------------------------------------------------
-
-    def _replica_checksums(self) -> list[float]:
-        """Σ of the LoRA parameters on every process: they must agree (gradients are all-reduced)."""
-        local = torch.stack([p.detach().double().sum() for p in self.params]).sum().reshape(1)
-        sums = self.acc.gather(local.to(self.acc.device)) if self.world > 1 else local
-        values = [float(v) for v in sums.tolist()]
-        if max(values) - min(values) > 1e-9 * max(1.0, abs(values[0])):
-            raise RuntimeError(f"LoRA weights differ between processes ({values}); the gradient all-reduce failed")
-        return values
 
     def _nonfinite(self) -> list[str]:
         """Names of the trained tensors holding NaN/inf on this process."""
@@ -360,7 +313,7 @@ class Trainer:
         """Refuse to ``what`` (save, push) LoRA weights holding NaN/inf; decided on all processes
         together (the count of bad tensors is summed), so none waits on another."""
         bad = self._nonfinite()
-        if self._sum_over_processes(float(len(bad))) > 0:
+        if processes.sum_over(self.acc, self.world, float(len(bad))) > 0:
             where = f" (e.g. {bad[0]})" if bad else " on another process"
             raise NonFiniteError(f"refusing to {what}: LoRA weights hold NaN/inf{where}. The newest checkpoint in "
                                  f"{self.out} and any pushed adapter are left as they were.")
@@ -368,7 +321,7 @@ class Trainer:
     def save(self, step: int) -> Path | None:
         self._check_finite(f"save the step-{step} checkpoint")
         tmp = ckpt.tmp_dir(self.out, step)
-        checksums = self._replica_checksums()
+        checksums = processes.replica_checksums(self.acc, self.world, self.params)
         if self.main:
             ckpt.begin(self.out, step)
             ckpt.write_main(tmp, step, self.model, self.optimizer, self.scheduler,
@@ -447,7 +400,7 @@ class Trainer:
                 metrics["rollout_seconds"] = roll_s
                 metrics["step_seconds"] = time.perf_counter() - t0
                 metrics["samples"] = len(rollouts)
-                metrics = self._average_metrics(metrics)
+                metrics = processes.average_metrics(self.acc, self.world, metrics)
                 self.step, self.last_metrics = step, metrics
                 if log is not None:
                     log.log(step, metrics)
@@ -481,9 +434,6 @@ class Trainer:
         url = self.push(final, self.step, extra_files=tuple(self.out / n for n in
                                                             ("curves.png", "metrics.jsonl", "train_config.yaml")))
         return {"step": self.step, "adapter": str(final), "metrics": self.last_metrics, "url": url, "main": self.main}
-
-
-_SUMMED = ("samples", "zero_std_groups")  # metrics added over processes; the rest are averaged
 
 
 def train(cfg: TrainConfig, **kwargs) -> dict:

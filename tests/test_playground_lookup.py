@@ -39,26 +39,31 @@ def test_perfect_and_tower_scenes_ask_the_same_cards_with_the_same_prompts_and_c
 
 
 def test_every_slot_is_a_candidate_and_the_cards_slot_gives_the_trained_reply():
-    examples, _, (slots, cards) = scene_items(5, LookupConfig("m", cards=3))
-    rows = candidates(examples, slots)
+    cfg = LookupConfig("m", cards=3)
+    examples, _, (slots, cards) = scene_items(5, cfg)
+    rows = candidates(examples, slots, cfg)
     assert [len(r) for r in rows] == [16, 16, 16]
     for ex, row, k in zip(examples, rows, cards):
         assert row[k].target == ex.target                     # the scored right reply is the trained one
         assert all(c.prompt == ex.prompt and ex.meta["name"] in c.target for c in row)
         assert len({c.target for c in row}) == 16
     # with the label first, every candidate writes it first too
-    examples, _, (slots, cards) = scene_items(5, LookupConfig("m", cards=3, label_first=True))
-    for ex, row, k in zip(examples, candidates(examples, slots), cards):
+    cfg = LookupConfig("m", cards=3, label_first=True)
+    examples, _, (slots, cards) = scene_items(5, cfg)
+    for ex, row, k in zip(examples, candidates(examples, slots, cfg), cards):
         assert row[k].target == ex.target and ex.target.index('"label"') < ex.target.index('"bbox_2d"')
         assert all(c.target.index('"label"') < c.target.index('"bbox_2d"') for c in row)
     # adjacent: the colour word glued to the four numbers, no JSON; the candidates in the same format
-    examples, _, (slots, cards) = scene_items(5, LookupConfig("m", cards=3, adjacent=True))
-    for ex, row, k in zip(examples, candidates(examples, slots), cards):
-        colour = ex.meta["name"].split()[0]
-        assert ex.target == colour + ", ".join(str(v) for v in ex.meta["box_model"])
-        assert row[k].target == ex.target and len({c.target for c in row}) == 16
-        assert all(c.target.startswith(colour) and "bbox_2d" not in c.target for c in row)
-    for bad in (dict(adjacent=True, label_first=True), dict(weight_decay=-0.1)):
+    for sep in ("", " card: "):
+        cfg = LookupConfig("m", cards=3, adjacent=True, adjacent_sep=sep)
+        examples, _, (slots, cards) = scene_items(5, cfg)
+        for ex, row, k in zip(examples, candidates(examples, slots, cfg), cards):
+            colour = ex.meta["name"].split()[0]
+            assert ex.target == colour + sep + ", ".join(str(v) for v in ex.meta["box_model"])
+            assert row[k].target == ex.target and len({c.target for c in row}) == 16
+            assert all(c.target.startswith(colour + sep) and "bbox_2d" not in c.target for c in row)
+    for bad in (dict(adjacent=True, label_first=True), dict(weight_decay=-0.1), dict(adjacent_sep=" card "),
+                dict(adjacent=True, adjacent_sep=" 1 ")):
         with pytest.raises(ValueError):
             LookupConfig("m", **bad).check()
 
@@ -147,7 +152,7 @@ def test_refine_asks_in_mgpos_three_turn_middle_turn_after_a_whole_board_turn_1(
         assert b.images == a.images and b.target == a.target
         assert probe_features.conversation_images(b) == [a.images[0]] * 2
         # every candidate reply keeps the conversation
-        assert all(c.context == b.context and c.prompt == b.prompt for c in candidates([b], slots[0])[0])
+        assert all(c.context == b.context and c.prompt == b.prompt for c in candidates([b], slots[0], LookupConfig("m"))[0])
     # the short wording: the same turn without the question after the crop; the name only in turn 1, before it
     short, cls4, slots4 = scene_items(5, LookupConfig("m", cards=3, refine=True, refine_repeat=False))
     assert (cls4, slots4) == (cls, slots)

@@ -71,6 +71,7 @@ class LookupConfig:
     label_first: bool = False           # the reply names the card before its box
     adjacent: bool = False              # the reply is the colour word, then the four numbers (no JSON): the name is
                                         # the token that predicts the first digit, no hop to reach it
+    adjacent_sep: str = ""              # text between that colour word and the numbers (" card: " puts it 3 tokens back)
     weight_decay: float = 0.0           # AdamW's
     question_first: float = 0.0         # share of training scenes asked text first, image after (not MGPO's
                                         # order); VAL asks image first unless it is 1 (a diagnostic)
@@ -96,6 +97,10 @@ class LookupConfig:
             problems.append("batch, steps, eval_every and eval_scenes must be ≥ 1")
         if self.fresh and not _fresh_shape(self.fresh):
             problems.append(f"fresh must read HIDDENxLAYERS (e.g. 512x8), not {self.fresh!r}")
+        if self.adjacent_sep and not self.adjacent:
+            problems.append("adjacent_sep is a part of the adjacent reply: set adjacent too")
+        if any(c.isdigit() for c in self.adjacent_sep):
+            problems.append("adjacent_sep must not hold digits")
         if self.adjacent and self.label_first:
             problems.append("adjacent is a reply of its own: not with label_first")
         if self.weight_decay < 0:
@@ -139,7 +144,8 @@ def scene_items(seed: int, cfg: LookupConfig, held_out: bool = False):
         overview = blank[1]
     examples = ground_examples(scene, budgets, "refer", rng, cfg.label_first, overview)
     if cfg.adjacent:
-        examples = [replace(ex, target=adjacent_reply(ex.meta["box_model"], ex.meta["name"])) for ex in examples]
+        examples = [replace(ex, target=adjacent_reply(ex.meta["box_model"], ex.meta["name"], cfg.adjacent_sep))
+                    for ex in examples]
     share = float(cfg.question_first >= 1) if held_out else cfg.question_first
     if share and random.Random(f"lookup-order:{seed}").random() < share:
         # the image's tokens then see the asked name: the look-up is one hop
@@ -221,25 +227,24 @@ def load_core(cfg: LookupConfig, workdir: Path):
     return loaded, QwenBackend(loaded.model, loaded.processor)
 
 
-def adjacent_reply(box, name: str) -> str:
+def adjacent_reply(box, name: str, sep: str = "") -> str:
     """The ``adjacent`` diagnostic's reply: the colour word glued to the coordinates
-    (``red112, 56, 168, 112``), so the colour's own token predicts the first digit."""
-    return name.split()[0] + ", ".join(str(int(v)) for v in box)
+    (``red112, 56, 168, 112``), so the colour's own token predicts the first digit; ``sep``
+    between them moves it back (``red card: 112, …``)."""
+    return name.split()[0] + sep + ", ".join(str(int(v)) for v in box)
 
 
-def candidates(examples, boxes) -> list:
+def candidates(examples, boxes, cfg: LookupConfig) -> list:
     """For each example (a card asked by name), one copy per box of ``boxes`` whose reply boxes
-    it, the asked name as its label, in the example's own reply format."""
+    it, the asked name as its label, in the reply format ``cfg`` trains."""
     from mgpo.playground.skill_examples import bbox_json
 
-    out = []
-    for ex in examples:
-        if '"bbox_2d"' not in ex.target:
-            out.append([replace(ex, target=adjacent_reply(box, ex.meta["name"])) for box in boxes])
-            continue
-        first = ex.target.index('"label"') < ex.target.index('"bbox_2d"')
-        out.append([replace(ex, target=bbox_json(box, ex.meta["name"], first)) for box in boxes])
-    return out
+    def reply(box, name):
+        if cfg.adjacent:
+            return adjacent_reply(box, name, cfg.adjacent_sep)
+        return bbox_json(box, name, cfg.label_first)
+
+    return [[replace(ex, target=reply(box, ex.meta["name"])) for box in boxes] for ex in examples]
 
 
 def score_lookup(backend, cfg: LookupConfig, scenes: list, perfect: PerfectFeatures | None) -> dict:
@@ -254,7 +259,7 @@ def score_lookup(backend, cfg: LookupConfig, scenes: list, perfect: PerfectFeatu
     losses = []
     with torch.no_grad():
         for examples, classes, (slots, cards) in scenes:
-            asks = [c for row in candidates(examples, slots) for c in row]
+            asks = [c for row in candidates(examples, slots, cfg) for c in row]
             seqs = [example_sequence(backend, c) for c in asks]
             if perfect is not None:
                 feed(backend.core, perfect, [(classes, ex) for ex in asks])
@@ -371,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adjacent", action="store_true",
                    help="a diagnostic: the reply is the colour word glued to the four numbers (red112, 56, 168, 112), "
                         "so the name is the very token that predicts the box: the look-up without its first hop")
+    p.add_argument("--adjacent-sep", default=d.adjacent_sep, metavar="TEXT",
+                   help="with --adjacent: text between the colour word and the numbers (' card: ' puts it 3 tokens back)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's weight decay")
     p.add_argument("--question-first", type=float, default=d.question_first, metavar="SHARE",
                    help="a diagnostic: this share of training scenes puts the prompt's text before the image, so "
@@ -388,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = LookupConfig(a.model, a.features, a.cards, a.overview, a.steps, a.batch, a.lr, a.eval_every,
                        a.eval_scenes, a.fresh, a.seed, label_first=a.label_first, adjacent=a.adjacent,
-                       weight_decay=a.weight_decay,
+                       adjacent_sep=a.adjacent_sep,                       weight_decay=a.weight_decay,
                        question_first=a.question_first, image_again=a.image_again, refine=a.refine,
                        refine_repeat=not a.refine_short, score_refine=a.score_refine)
     try:

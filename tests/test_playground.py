@@ -113,7 +113,7 @@ def test_stripes_are_illegible_in_the_overview_and_legible_in_the_crop():
     ov, cr = res["overview"], res["crop"]
     # a template reader that knows the card design: not far above chance (25 %) on the overview (42 %
     # on the first 100 test scenes, 38 % on the next 200 — from differences of under one grey level;
-    # v4's quarter-side label: 34 % / 33 %; hard-edged stripes gave it 65 % — see world.stripe_ink) ...
+    # v4's quarter-side label: 34 % / 33 %; hard-edged stripes gave it 65 % — see draw.stripe_ink) ...
     assert ov["match_rate"] <= 0.45
     # ... and right on (nearly) every crop
     assert cr["match_rate"] >= 0.96

@@ -25,6 +25,11 @@ overview again) in the refine template → the named card's box. ``score_refine`
 layout too, whatever the training layout: does a look-up learned in another wording carry over to
 the turn a three-turn MGPO would ground the card in?
 
+``adjacent`` replaces the JSON reply by the colour word glued to the numbers (``red112, 56, 168,
+112``), so the name's own token writes the first digit: the match against the image without the
+hop that brings the name to the box; ``adjacent_sep`` puts text between them to measure how far
+back the name may sit.
+
 Held-out, it scores the look-up itself: for each card of a VAL scene, the reply boxing each slot
 of the board (the asked name as label) is scored by the model. ``card``: the likeliest box is one
 of the scene's cards (it knows where cards are; chance cards / 16); ``lookup``: it is the named
@@ -144,8 +149,7 @@ def scene_items(seed: int, cfg: LookupConfig, held_out: bool = False):
         overview = blank[1]
     examples = ground_examples(scene, budgets, "refer", rng, cfg.label_first, overview)
     if cfg.adjacent:
-        examples = [replace(ex, target=adjacent_reply(ex.meta["box_model"], ex.meta["name"], cfg.adjacent_sep))
-                    for ex in examples]
+        examples = [replace(ex, target=reply(cfg, ex.meta["box_model"], ex.meta["name"])) for ex in examples]
     share = float(cfg.question_first >= 1) if held_out else cfg.question_first
     if share and random.Random(f"lookup-order:{seed}").random() < share:
         # the image's tokens then see the asked name: the look-up is one hop
@@ -227,24 +231,22 @@ def load_core(cfg: LookupConfig, workdir: Path):
     return loaded, QwenBackend(loaded.model, loaded.processor)
 
 
-def adjacent_reply(box, name: str, sep: str = "") -> str:
-    """The ``adjacent`` diagnostic's reply: the colour word glued to the coordinates
-    (``red112, 56, 168, 112``), so the colour's own token predicts the first digit; ``sep``
-    between them moves it back (``red card: 112, …``)."""
-    return name.split()[0] + sep + ", ".join(str(int(v)) for v in box)
+def reply(cfg: LookupConfig, box, name: str) -> str:
+    """The reply ``cfg`` trains for the card ``name`` at ``box``: Qwen's ``bbox_2d`` JSON (its label
+    first with ``label_first``), or with ``adjacent`` the colour word glued to the coordinates
+    (``red112, 56, 168, 112``: the colour's own token predicts the first digit), ``adjacent_sep``
+    between them (``red card: 112, …``)."""
+    from mgpo.playground.skill_examples import bbox_json
+
+    if cfg.adjacent:
+        return name.split()[0] + cfg.adjacent_sep + ", ".join(str(int(v)) for v in box)
+    return bbox_json(box, name, cfg.label_first)
 
 
 def candidates(examples, boxes, cfg: LookupConfig) -> list:
     """For each example (a card asked by name), one copy per box of ``boxes`` whose reply boxes
     it, the asked name as its label, in the reply format ``cfg`` trains."""
-    from mgpo.playground.skill_examples import bbox_json
-
-    def reply(box, name):
-        if cfg.adjacent:
-            return adjacent_reply(box, name, cfg.adjacent_sep)
-        return bbox_json(box, name, cfg.label_first)
-
-    return [[replace(ex, target=reply(box, ex.meta["name"])) for box in boxes] for ex in examples]
+    return [[replace(ex, target=reply(cfg, box, ex.meta["name"])) for box in boxes] for ex in examples]
 
 
 def score_lookup(backend, cfg: LookupConfig, scenes: list, perfect: PerfectFeatures | None) -> dict:
@@ -291,11 +293,14 @@ def run(cfg: LookupConfig, out: Path | None = None) -> list[dict]:
     core = backend.core
     side = Budgets.for_overview(cfg.overview).overview // 28
     train_lo, train_hi = SPLITS["skills"]
-    perfect = (PerfectFeatures.random(core, side, cfg.seed) if cfg.features == "perfect" else
-               PerfectFeatures.aligned(core, backend.tok, side, cfg.seed) if cfg.features == "aligned" else
-               PerfectFeatures.fitted(backend, tower_scenes(cfg, range(train_lo + 590_000, train_lo + 590_000 + cfg.fit_scenes)),
-                                      side)
-               if cfg.features == "clean" else None)
+    perfect = None                                            # tower: the model's own
+    if cfg.features == "perfect":
+        perfect = PerfectFeatures.random(core, side, cfg.seed)
+    elif cfg.features == "aligned":
+        perfect = PerfectFeatures.aligned(core, backend.tok, side, cfg.seed)
+    elif cfg.features == "clean":
+        fit = range(train_lo + 590_000, train_lo + 590_000 + cfg.fit_scenes)
+        perfect = PerfectFeatures.fitted(backend, tower_scenes(cfg, fit), side)
     val_lo, _ = SPLITS["val"]
     val = [scene_items(val_lo + i, cfg, held_out=True) for i in range(cfg.eval_scenes)]
     refine = replace(cfg, question_first=0.0, image_again=False, refine=True)

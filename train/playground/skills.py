@@ -86,7 +86,8 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
     """An endless stream of skill examples from consecutive scenes of ``split``, shuffled within a
     buffer of ``cfg.skill_buffer`` scenes so a batch mixes scenes and skills. Each example is
     ``(example, system)`` with the system prompt drawn per example (``cfg.skill_system``, or
-    ``phase``'s own; its skills and share of clutter-free scenes too); ``simple``: the share of clutter-free scenes (default ``cfg.skill_simple``).
+    ``phase``'s own). ``skills`` and ``simple`` (the share of clutter-free scenes) default to
+    ``phase``'s, then to the run's (``cfg.skill_list()``, ``cfg.skill_simple``).
     With a pool (``cfg.skill_pool`` or ``phase``'s own) the stream is that many scenes' examples
     instead, drawn once and reshuffled each pass."""
     from mgpo.playground.skill_examples import SKILLS, scene_examples

@@ -14,7 +14,7 @@ from conftest import BOX_TEXT
 from mgpo.engine import Engine
 from mgpo.eval.datasets import DataError, open_benchmark
 from mgpo.eval.scoring import grounding_scores, iou
-from mgpo.playground.release import Checkpoint, Release, ReleaseError, apply_to_args, write_index
+from mgpo.playground.release import Release, ReleaseError, apply_to_args, write_index
 from mgpo.scripted import ScriptedBackend
 
 FRAME = 224                       # a 2048² scene's overview model frame under the playground budgets
@@ -187,7 +187,8 @@ def test_the_recipe_trains_evaluates_and_ships_three_turns_on_three_card_scenes(
 
 
 def test_name_first_grounding_puts_the_image_after_the_name_and_boxes_the_same_card():
-    from mgpo.playground.skill_examples import NAME_FIRST_PROMPTS, scene_examples
+    from mgpo.playground.skill_prompts import NAME_FIRST_PROMPTS
+    from mgpo.playground.skill_examples import scene_examples
 
     named = scene_examples(8, skills=("ground",), prompt="name-first", n_cards=(3, 3))
     plain = scene_examples(8, skills=("ground",), prompt="locate", n_cards=(3, 3))
@@ -201,7 +202,8 @@ def test_name_first_grounding_puts_the_image_after_the_name_and_boxes_the_same_c
 
 def test_group_grounding_boxes_every_card_on_the_lattice():
     from mgpo import geometry
-    from mgpo.playground.skill_examples import GROUP_PROMPTS, scene_examples
+    from mgpo.playground.skill_prompts import GROUP_PROMPTS
+    from mgpo.playground.skill_examples import scene_examples
     from mgpo.playground.world import make_scene
 
     for seed in (2, 9):
@@ -220,7 +222,8 @@ def test_group_grounding_boxes_every_card_on_the_lattice():
 
 def test_zoom3_reads_in_the_third_turn_after_two_boxes_in_context(tiny_loaded):
     from mgpo.generation import QwenBackend
-    from mgpo.playground.skill_examples import ASK_QUESTIONS, ZOOM_QUESTIONS, scene_examples, trained_templates
+    from mgpo.playground.skill_prompts import ASK_QUESTIONS, ZOOM_QUESTIONS, trained_templates
+    from mgpo.playground.skill_examples import scene_examples
     from mgpo.playground.world import PATTERNS, make_scene
     from mgpo.prompts import LETTERS, get_prompts, render
     from train.playground.skills import example_sequence

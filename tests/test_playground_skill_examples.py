@@ -10,7 +10,8 @@ import pytest
 from mgpo import geometry
 from mgpo.eval.scoring import iou
 from mgpo.parsing import extract_boxed, parse_bbox
-from mgpo.playground.skill_examples import BASIC_SKILLS, GROUND_PROMPTS, scene_examples, skill_examples
+from mgpo.playground.skill_prompts import BASIC_SKILLS, GROUND_PROMPTS
+from mgpo.playground.skill_examples import scene_examples, skill_examples
 from mgpo.playground.world import COLOURS, N_CARDS, PATTERNS, Budgets, make_scene, split_seeds
 from mgpo.prompts import LETTERS, get_prompts
 
@@ -41,7 +42,7 @@ def test_referring_wordings_are_never_mgpos_turn1_nor_the_task():
     """The "refer" grounding prompts: many wordings of "where is the {name}", none of them MGPO's
     turn-1 template, a question about a card's parts or the task's shape — and enough of them
     share the generic "coordinates … in JSON format" for sampled boxes to carry over."""
-    from mgpo.playground.skill_examples import REFER_PROMPTS, trained_templates
+    from mgpo.playground.skill_prompts import REFER_PROMPTS, trained_templates
 
     turn1 = get_prompts("mgpo").grounding
     mgpo_phrases = ("Question:", "key image area", "relevant to the problem")
@@ -67,7 +68,7 @@ def test_referring_wordings_are_never_mgpos_turn1_nor_the_task():
 
 
 def test_ask_grounding_is_mgpos_turn1_around_other_questions_about_the_card():
-    from mgpo.playground.skill_examples import ASK_QUESTIONS
+    from mgpo.playground.skill_prompts import ASK_QUESTIONS
     from mgpo.playground.world import question
     from mgpo.prompts import render
 
@@ -108,7 +109,7 @@ def test_reading_and_answering_examples_are_well_formed():
 
 def test_zoom_examples_read_the_crop_of_the_turn1_box_in_mgpos_turn2():
     from mgpo.parsing import find_bbox
-    from mgpo.playground.skill_examples import ASK_QUESTIONS, ZOOM_QUESTIONS
+    from mgpo.playground.skill_prompts import ASK_QUESTIONS, ZOOM_QUESTIONS
     from mgpo.playground.world import question
     from mgpo.prompts import render
 

@@ -186,7 +186,7 @@ def trained_skills(cfg: RecipeConfig, steps: int | None = None) -> tuple[str, ..
 def templates_markdown(cfg: RecipeConfig, steps: int | None = None) -> str:
     """Every prompt template the base-skills stage of ``cfg`` trained with (within ``steps``) and
     what it learned, as a Markdown table ({name} = "red card" etc.; ⏎ = a line break)."""
-    from mgpo.playground.skill_examples import trained_templates
+    from mgpo.playground.skill_prompts import trained_templates
 
     rows = [f"| {skill} | {_skill_systems_text(cfg, skill, steps)} | "
             f"`{t.replace(chr(10), ' ⏎ ')}` | {target} |"

@@ -141,7 +141,7 @@ class RecipeConfig:
         return cls(size=size, **{**SIZES[size], **{k: v for k, v in overrides.items() if v is not None}})
 
     def check(self) -> "RecipeConfig":
-        from mgpo.playground.skill_examples import GROUND_PROMPTS, SKILLS
+        from mgpo.playground.skill_prompts import GROUND_PROMPTS, SKILLS
 
         problems = []
         for name in ("hidden", "layers", "vision_hidden", "vision_depth", "skill_batch", "rl_scenes",
@@ -271,7 +271,7 @@ class Phase:
 def _parse_systems(spec: str) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
     """``(every skill's kinds, {skill: its own kinds})`` of a system-prompt spec: "mgpo,default
     ground=default" (parts apart by spaces or ';')."""
-    from mgpo.playground.skill_examples import SKILLS
+    from mgpo.playground.skill_prompts import SKILLS
 
     every, own = None, {}
     for part in re.split(r"[\s;]+(?=[\w-]+=)", spec.strip()):

@@ -90,7 +90,8 @@ def skill_stream(cfg: RecipeConfig, split: str = "skills", start: int = 0, skill
     ``phase``'s, then to the run's (``cfg.skill_list()``, ``cfg.skill_simple``).
     With a pool (``cfg.skill_pool`` or ``phase``'s own) the stream is that many scenes' examples
     instead, drawn once and reshuffled each pass."""
-    from mgpo.playground.skill_examples import SKILLS, scene_examples
+    from mgpo.playground.skill_prompts import SKILLS
+    from mgpo.playground.skill_examples import scene_examples
     from mgpo.playground.world import SPLITS
 
     if phase is not None:
@@ -138,7 +139,8 @@ def skill_eval(backend, cfg: RecipeConfig, n_scenes: int = 12, phase: Phase | No
     from mgpo.engine import drain
     from mgpo.eval.scoring import iou
     from mgpo.parsing import find_bbox
-    from mgpo.playground.skill_examples import SKILLS, ground_examples, scene_examples
+    from mgpo.playground.skill_prompts import SKILLS
+    from mgpo.playground.skill_examples import ground_examples, scene_examples
     from mgpo.playground.world import make_scene, split_seeds
     from mgpo.prompts import get_prompts, render
     from mgpo.conversation import Sampling
